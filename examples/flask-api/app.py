@@ -22,16 +22,19 @@ upstream never saw a request, or which identity headers it did see.
 
 Usage::
 
-    /usr/bin/python3 app.py [--host 127.0.0.1] [--port 0]
+    /usr/bin/python3 app.py [--host 127.0.0.1] [--port 0] [--exit-with-stdin]
 
 Port 0 lets the kernel pick a free port. Once the socket is bound, exactly
-one line ``LISTENING http://<host>:<port>`` is printed on stdout.
+one line ``LISTENING http://<host>:<port>`` is printed on stdout. With
+``--exit-with-stdin`` the app exits when its stdin reaches end of file, so a
+test harness that dies without cleaning up does not leave it running.
 """
 
 import argparse
 import base64
 import binascii
 import json
+import os
 import sys
 import threading
 import time
@@ -50,6 +53,8 @@ ITEMS = [
 ]
 
 app = Flask(__name__)
+# keep keys in the order written, so "user" comes first in every answer
+app.json.sort_keys = False
 
 # The problem in the wild: any origin, preflights answered by the
 # extension, Access-Control-Allow-Origin: * on every response. Without
@@ -129,7 +134,7 @@ def unverified_claims():
 
 @app.get("/api/public/items")
 def list_items():
-    body = {"items": ITEMS}
+    body = {}
     user = request.headers.get("X-User-Id")
     if user is not None:
         body["user"] = user
@@ -137,6 +142,7 @@ def list_items():
     if sub is not None:
         # What the token claims, not what anybody verified.
         body["token_sub_unverified"] = sub
+    body["items"] = ITEMS
     return jsonify(body)
 
 
@@ -154,6 +160,7 @@ def admin_stats():
     return jsonify(
         {
             "user": request.headers.get("X-User-Id"),
+            "token_sub_unverified": claims.get("sub"),
             "token_roles_unverified": claims.get("roles"),
             "items": len(ITEMS),
             "revenue": sum(item["price"] for item in ITEMS),
@@ -194,11 +201,25 @@ def reset_requests():
     return "", 204
 
 
+def exit_at_stdin_eof():
+    # The parent holds the other end of stdin; when it is gone, so are we.
+    sys.stdin.buffer.read()
+    os._exit(0)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="exit when stdin is closed (the parent process is gone)",
+    )
     args = parser.parse_args(argv)
+
+    if args.exit_with_stdin:
+        threading.Thread(target=exit_at_stdin_eof, daemon=True).start()
 
     server = make_server(args.host, args.port, app, threaded=True)
     host = args.host if ":" not in args.host else f"[{args.host}]"

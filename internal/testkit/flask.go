@@ -51,6 +51,7 @@ type Flask struct {
 	Addr string
 
 	cmd       *exec.Cmd
+	stdin     io.WriteCloser
 	stderr    *tailBuffer
 	client    *http.Client
 	exited    chan struct{}
@@ -114,7 +115,8 @@ func StartFlask(ctx context.Context, appPath string) (*Flask, error) {
 		return nil, fmt.Errorf("flask app: %w", err)
 	}
 
-	cmd := exec.Command(Python, appPath, "--host", "127.0.0.1", "--port", "0")
+	cmd := exec.Command(Python, appPath,
+		"--host", "127.0.0.1", "--port", "0", "--exit-with-stdin")
 	cmd.Dir = filepath.Dir(appPath)
 	cmd.Env = append(os.Environ(), "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1")
 	// own process group, so Close also ends anything the app spawned
@@ -126,6 +128,15 @@ func StartFlask(ctx context.Context, appPath string) (*Flask, error) {
 		client: loopbackClient(),
 		exited: make(chan struct{}),
 	}
+	// the app exits when this pipe closes, which also happens when this
+	// process dies without calling Close: its own process group shields
+	// it from the terminal's signals
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, fmt.Errorf("flask app: %w", err)
+	}
+	f.stdin = stdin
+
 	// the first stdout line is the address; later output is dropped
 	listening := &lineWatcher{prefix: "LISTENING ", found: make(chan string, 1)}
 	cmd.Stdout = listening
@@ -221,6 +232,7 @@ func (f *Flask) Close() {
 		default:
 		}
 		pid := f.cmd.Process.Pid
+		_ = f.stdin.Close()
 		_ = syscall.Kill(-pid, syscall.SIGTERM)
 		select {
 		case <-f.exited:
