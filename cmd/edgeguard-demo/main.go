@@ -143,7 +143,11 @@ func (d *demo) run() error {
 	d.say("issuer %s, audience %s", jwks.Issuer, audience)
 
 	// 4
-	d.section("Run Caddy with edge_guard, using Caddyfile.example")
+	name := "Caddyfile.example"
+	if d.caddyfile != "" {
+		name = d.caddyfile
+	}
+	d.section("Run Caddy with edge_guard, using " + name)
 	if err := d.startCaddy(root, flask.Addr, jwks); err != nil {
 		return err
 	}
@@ -199,8 +203,12 @@ func (d *demo) startCaddy(root, upstream string, jwks *testkit.JWKSServer) error
 			return err
 		}
 		listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		// the listen address is given both whole and as bind address
+		// and port, so the demo fits either way of writing the site
 		env := [][2]string{
 			{"EDGEGUARD_LISTEN", listen},
+			{"EDGEGUARD_BIND", "127.0.0.1"},
+			{"EDGEGUARD_PORT", strconv.Itoa(port)},
 			{"EDGEGUARD_UPSTREAM", upstream},
 			{"EDGEGUARD_ISSUER", jwks.Issuer},
 			{"EDGEGUARD_JWKS_URL", jwks.URL},
@@ -222,6 +230,13 @@ func (d *demo) startCaddy(root, upstream string, jwks *testkit.JWKSServer) error
 		err = caddy.Load(cfg, true)
 		if err == nil {
 			d.onCleanup(func() { _ = caddy.Stop() })
+			conn, err := net.DialTimeout("tcp", listen, 2*time.Second)
+			if err != nil {
+				return fmt.Errorf("caddy started but does not listen on %s: the site "+
+					"address in %s must come from EDGEGUARD_LISTEN, or from "+
+					"EDGEGUARD_BIND and EDGEGUARD_PORT", listen, filepath.Base(path))
+			}
+			conn.Close()
 			d.gateway = "http://" + listen
 			d.say("Caddy serves the gateway on %s", d.gateway)
 			return nil

@@ -1,0 +1,281 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// CORS is a route's cross-origin policy.
+type CORS struct {
+	// AllowOrigins lists the origins a browser page may call this route
+	// from: exact origins (https://app.example.com), one-label wildcards
+	// (https://*.example.com), regular expressions written with a leading
+	// "~" and anchored with ^ and $, or the literal null. "*" allows any
+	// origin and is refused on routes that check tokens.
+	AllowOrigins []string `json:"allow_origins,omitempty"`
+
+	// AllowMethods lists the methods a preflight may ask for. Default:
+	// GET, HEAD, POST.
+	AllowMethods []string `json:"allow_methods,omitempty"`
+
+	// AllowHeaders lists the request headers a preflight may ask for.
+	// Authorization is added on routes that read the bearer token from it.
+	// "*" is not supported: name each header.
+	AllowHeaders []string `json:"allow_headers,omitempty"`
+
+	// ExposeHeaders lists response headers the page may read.
+	// WWW-Authenticate is always exposed on the gateway's own refusals.
+	ExposeHeaders []string `json:"expose_headers,omitempty"`
+
+	// AllowCredentials lets pages send cookies and read the response of
+	// credentialed requests. Refused together with "*" or a near-wildcard.
+	AllowCredentials bool `json:"allow_credentials,omitempty"`
+
+	// MaxAge is how long a browser may cache a preflight answer. Default
+	// 10m, at most 24h; 0 keeps the default, a negative value sends none.
+	MaxAge caddy.Duration `json:"max_age,omitempty"`
+
+	// AllowPrivateNetwork answers Private Network Access preflights
+	// (Access-Control-Request-Private-Network) for this route.
+	AllowPrivateNetwork bool `json:"allow_private_network,omitempty"`
+
+	origins        *originAllowlist
+	methods        map[string]struct{}
+	headers        map[string]struct{}
+	methodsValue   []string
+	maxAgeValue    []string
+	exposeValue    []string
+	exposeOnErrors []string
+}
+
+const (
+	defaultMaxAge = 10 * time.Minute
+	maxMaxAge     = 24 * time.Hour
+	// maxRequestHeaders bounds the names a preflight may list.
+	maxRequestHeaders = 64
+)
+
+var (
+	valueTrue        = []string{"true"}
+	valueVaryOrigin  = []string{"Origin"}
+	valuePreflightVy = []string{"Origin, Access-Control-Request-Method, " +
+		"Access-Control-Request-Headers, Access-Control-Request-Private-Network"}
+)
+
+// provision normalises and compiles the policy. authorizationHeader adds
+// Authorization to the headers a preflight may ask for.
+func (c *CORS) provision(authorizationHeader bool) error {
+	origins, err := newOriginAllowlist(c.AllowOrigins)
+	if err != nil {
+		return err
+	}
+	c.origins = origins
+
+	// methods
+	methods := c.AllowMethods
+	if len(methods) == 0 {
+		methods = []string{http.MethodGet, http.MethodHead, http.MethodPost}
+	}
+	c.methods = make(map[string]struct{}, len(methods))
+	var names []string
+	for _, m := range methods {
+		if m == "*" || !validToken(m) {
+			return fmt.Errorf("allow_methods: %q is not a method name", m)
+		}
+		m = strings.ToUpper(m)
+		if _, dup := c.methods[m]; !dup {
+			names = append(names, m)
+		}
+		c.methods[m] = struct{}{}
+	}
+	c.methodsValue = []string{strings.Join(names, ", ")}
+
+	// headers
+	c.headers = make(map[string]struct{}, len(c.AllowHeaders)+1)
+	for _, h := range c.AllowHeaders {
+		if h == "*" || !validToken(h) {
+			return fmt.Errorf("allow_headers: %q is not a header name (list each one; \"*\" is not supported)", h)
+		}
+		c.headers[strings.ToLower(h)] = struct{}{}
+	}
+	if authorizationHeader {
+		c.headers["authorization"] = struct{}{}
+	}
+
+	// expose
+	for _, h := range c.ExposeHeaders {
+		if h == "*" || !validToken(h) {
+			return fmt.Errorf("expose_headers: %q is not a header name", h)
+		}
+	}
+	if len(c.ExposeHeaders) > 0 {
+		c.exposeValue = []string{strings.Join(c.ExposeHeaders, ", ")}
+	}
+	c.exposeOnErrors = []string{strings.Join(append([]string{"WWW-Authenticate", "Retry-After"},
+		c.ExposeHeaders...), ", ")}
+
+	// max age
+	switch age := time.Duration(c.MaxAge); {
+	case age < 0:
+	case age == 0:
+		c.maxAgeValue = []string{strconv.Itoa(int(defaultMaxAge.Seconds()))}
+	case age > maxMaxAge:
+		return fmt.Errorf("max_age: %s is longer than %s", age, maxMaxAge)
+	default:
+		c.maxAgeValue = []string{strconv.Itoa(int(age.Seconds()))}
+	}
+	return nil
+}
+
+// preflightResult says how a preflight was answered.
+type preflightResult int
+
+const (
+	preflightAllowed preflightResult = iota
+	preflightOriginRefused
+	preflightMethodRefused
+	preflightHeadersRefused
+)
+
+// answerPreflight writes the headers of a preflight answer to h and
+// reports whether the preflight is allowed. A refused preflight gets no
+// Access-Control-* header at all, so the browser fails it (Fetch, "CORS
+// check"), and the caller answers 403.
+func (c *CORS) answerPreflight(h http.Header, r *http.Request, origin string) preflightResult {
+	h["Vary"] = valuePreflightVy
+	if !c.origins.allows(origin) {
+		return preflightOriginRefused
+	}
+
+	// methods are compared case-insensitively; browsers upper-case the
+	// standard ones and send others as written (Fetch, "normalize")
+	method := r.Header.Get("Access-Control-Request-Method")
+	if _, ok := c.methods[strings.ToUpper(method)]; !ok || !validToken(method) {
+		return preflightMethodRefused
+	}
+
+	// every header the browser asks for must be on the list; answering
+	// with a subset would only make the browser fail later
+	requested, ok := c.requestedHeaders(r.Header.Values("Access-Control-Request-Headers"))
+	if !ok {
+		return preflightHeadersRefused
+	}
+
+	h["Access-Control-Allow-Origin"] = c.origins.headerValue(origin)
+	h["Access-Control-Allow-Methods"] = c.methodsValue
+	if requested != "" {
+		h["Access-Control-Allow-Headers"] = []string{requested}
+	}
+	if c.AllowCredentials {
+		h["Access-Control-Allow-Credentials"] = valueTrue
+	}
+	if c.maxAgeValue != nil {
+		h["Access-Control-Max-Age"] = c.maxAgeValue
+	}
+	if c.AllowPrivateNetwork && r.Header.Get("Access-Control-Request-Private-Network") == "true" {
+		h["Access-Control-Allow-Private-Network"] = valueTrue
+	}
+	return preflightAllowed
+}
+
+// requestedHeaders checks the Access-Control-Request-Headers values and
+// returns the lowercase list to echo back. Authorization is thereby always
+// named explicitly, never covered by "*" (Fetch, "CORS-preflight fetch").
+func (c *CORS) requestedHeaders(values []string) (string, bool) {
+	if len(values) == 0 {
+		return "", true
+	}
+	var b strings.Builder
+	count := 0
+	for _, v := range values {
+		for name := range strings.SplitSeq(v, ",") {
+			name = strings.TrimSpace(name)
+			if name == "" {
+				continue
+			}
+			count++
+			if count > maxRequestHeaders || !validToken(name) {
+				return "", false
+			}
+			name = strings.ToLower(name)
+			if _, ok := c.headers[name]; !ok {
+				return "", false
+			}
+			if b.Len() > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(name)
+		}
+	}
+	return b.String(), true
+}
+
+// decorate sets the headers of an actual response for an allowed origin.
+// Any Access-Control-* header already there must have been removed.
+func (c *CORS) decorate(h http.Header, origin string, gatewayError bool) {
+	addVaryOrigin(h)
+	if origin == "" {
+		return
+	}
+	h["Access-Control-Allow-Origin"] = c.origins.headerValue(origin)
+	if c.AllowCredentials {
+		h["Access-Control-Allow-Credentials"] = valueTrue
+	}
+	if gatewayError {
+		h["Access-Control-Expose-Headers"] = c.exposeOnErrors
+	} else if c.exposeValue != nil {
+		h["Access-Control-Expose-Headers"] = c.exposeValue
+	}
+}
+
+// stripCORSHeaders removes every Access-Control-* header, whoever set it.
+func stripCORSHeaders(h http.Header) {
+	for name := range h {
+		if len(name) > 15 && strings.EqualFold(name[:15], "Access-Control-") {
+			delete(h, name)
+		}
+	}
+}
+
+// addVaryOrigin merges Origin into Vary without repeating it. Caches must
+// key on Origin because the answer depends on it (Fetch, "CORS protocol
+// and HTTP caches"), also when this request had none.
+func addVaryOrigin(h http.Header) {
+	values, ok := h["Vary"]
+	if !ok {
+		h["Vary"] = valueVaryOrigin
+		return
+	}
+	for _, v := range values {
+		for token := range strings.SplitSeq(v, ",") {
+			token = strings.TrimSpace(token)
+			if token == "*" || strings.EqualFold(token, "Origin") {
+				return
+			}
+		}
+	}
+	h["Vary"] = append(values[:len(values):len(values)], "Origin")
+}
+
+// validToken reports whether s is an RFC 9110 token (method and header
+// names).
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			continue
+		}
+		if !strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c)) {
+			return false
+		}
+	}
+	return true
+}
