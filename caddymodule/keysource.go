@@ -33,6 +33,7 @@ const (
 	negativeCacheSize      = 1024
 	maxKeySetBytes         = 1 << 20
 	maxRetryBackoff        = 30 * time.Second
+	startDelay             = 100 * time.Millisecond
 )
 
 var (
@@ -330,6 +331,16 @@ func (s *keySource) startFetch(scheduled bool) *fetchCall {
 // refreshLoop keeps a remote key set fresh until the source is destroyed.
 func (s *keySource) refreshLoop(ctx context.Context) {
 	defer close(s.done)
+
+	// `caddy validate` provisions a config and unloads it at once; waiting
+	// a moment before the first fetch keeps it from reaching the issuer.
+	// A request that arrives sooner starts the fetch itself.
+	select {
+	case <-time.After(startDelay):
+	case <-ctx.Done():
+		return
+	}
+
 	failures := 0
 	for {
 		call := s.startFetch(true)
