@@ -375,8 +375,10 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the shared key sources this route used.
+// Cleanup releases the shared key sources and the metric series this
+// route used.
 func (h *Handler) Cleanup() error {
+	h.events.release()
 	for _, iss := range h.Issuers {
 		if iss != nil && iss.poolKey != "" {
 			_, _ = keySources.Delete(iss.poolKey)

@@ -2,15 +2,19 @@ package caddymodule
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 )
 
-// Metrics are process-wide collectors, registered with each config's
-// registry as it loads, so that counts survive reloads the way the key
-// sources do.
+// Metrics are process-wide collectors. Caddy gives every config load a
+// fresh registry, and its admin /metrics endpoint serves the current one,
+// so each load registers them again; the counts survive reloads the way
+// the key sources do. Label values are bounded by the config (route names,
+// key set locations) and by the fixed set of reasons below.
 var (
 	decisionsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "edgeguard",
@@ -54,7 +58,7 @@ func registerMetrics(ctx caddy.Context) {
 	for _, c := range []prometheus.Collector{decisionsTotal, tokenCacheTotal, jwksFetchesTotal, jwksKeyAge} {
 		var already prometheus.AlreadyRegisteredError
 		if err := registry.Register(c); err != nil && !errors.As(err, &already) {
-			ctx.Logger().Warn("registering metrics")
+			ctx.Logger().Warn("registering metrics", zap.Error(err))
 		}
 	}
 }
@@ -65,10 +69,23 @@ type routeEvents struct {
 	decisions map[string]prometheus.Counter
 	hits      prometheus.Counter
 	misses    prometheus.Counter
+	released  sync.Once
 }
+
+// routesInUse counts the provisioned handlers per route name, so that a
+// route's series go away when the last config naming it is unloaded, and
+// stay across a reload that keeps it (the new config is provisioned
+// before the old one is cleaned up).
+var routesInUse = struct {
+	sync.Mutex
+	count map[string]int
+}{count: make(map[string]int)}
 
 func newRouteEvents(ctx caddy.Context, route string) *routeEvents {
 	registerMetrics(ctx)
+	routesInUse.Lock()
+	routesInUse.count[route]++
+	routesInUse.Unlock()
 	e := &routeEvents{
 		route:     route,
 		decisions: make(map[string]prometheus.Counter, len(knownReasons)),
@@ -79,6 +96,24 @@ func newRouteEvents(ctx caddy.Context, route string) *routeEvents {
 		e.decisions[reason] = decisionsTotal.WithLabelValues(route, reason)
 	}
 	return e
+}
+
+// release ends one handler's use of the route's series.
+func (e *routeEvents) release() {
+	if e == nil {
+		return
+	}
+	e.released.Do(func() {
+		routesInUse.Lock()
+		defer routesInUse.Unlock()
+		routesInUse.count[e.route]--
+		if routesInUse.count[e.route] > 0 {
+			return
+		}
+		delete(routesInUse.count, e.route)
+		decisionsTotal.DeletePartialMatch(prometheus.Labels{"route": e.route})
+		tokenCacheTotal.DeletePartialMatch(prometheus.Labels{"route": e.route})
+	})
 }
 
 func (e *routeEvents) decision(reason string) {
