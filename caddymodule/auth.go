@@ -131,7 +131,13 @@ type identity struct {
 	denied       *refusal // a route requirement the token fails
 }
 
-type placeholder struct{ key, value string }
+// placeholder is one Caddy placeholder of a verified identity. The value
+// is stored as the interface the replacer keeps, so that setting it on
+// every request with a cached token allocates nothing.
+type placeholder struct {
+	key   string
+	value any
+}
 
 // stillValid reports whether a cached identity may be used at now.
 func (id *identity) stillValid(now float64, leeway float64) bool {
