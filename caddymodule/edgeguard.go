@@ -448,7 +448,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r.Header.Del("Authorization")
 	}
 	h.events.decision("allowed")
-	rw := &responseWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+	rw := &responseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		cors: h.CORS, origin: allowedOrigin}
 	err := next.ServeHTTP(rw, r)
 	if err != nil && !rw.wroteHeader {

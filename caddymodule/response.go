@@ -13,7 +13,7 @@ import (
 // are added. Informational responses (1xx other than 101) are stripped
 // too, since they reach the browser's network stack as well.
 type responseWriter struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper
 	cors        *CORS
 	origin      string
 	wroteHeader bool
