@@ -47,6 +47,7 @@ type CORS struct {
 	origins        *originAllowlist
 	methods        map[string]struct{}
 	headers        map[string]struct{}
+	authorization  bool
 	methodsValue   []string
 	maxAgeValue    []string
 	exposeValue    []string
@@ -105,6 +106,7 @@ func (c *CORS) provision(authorizationHeader bool) error {
 	}
 	if authorizationHeader {
 		c.headers["authorization"] = struct{}{}
+		c.authorization = true
 	}
 
 	// expose
@@ -153,9 +155,14 @@ func (c *CORS) answerPreflight(h http.Header, r *http.Request, origin string) pr
 	}
 
 	// methods are compared case-insensitively; browsers upper-case the
-	// standard ones and send others as written (Fetch, "normalize")
-	method := r.Header.Get("Access-Control-Request-Method")
-	if _, ok := c.methods[strings.ToUpper(method)]; !ok || !validToken(method) {
+	// standard ones and send others as written (Fetch, "normalize"), and
+	// a preflight asks for exactly one
+	requestMethod := r.Header.Values("Access-Control-Request-Method")
+	if len(requestMethod) != 1 || !validToken(requestMethod[0]) {
+		return preflightMethodRefused
+	}
+	method := requestMethod[0]
+	if _, ok := c.methods[strings.ToUpper(method)]; !ok {
 		return preflightMethodRefused
 	}
 
@@ -168,6 +175,12 @@ func (c *CORS) answerPreflight(h http.Header, r *http.Request, origin string) pr
 
 	h["Access-Control-Allow-Origin"] = c.origins.headerValue(origin)
 	h["Access-Control-Allow-Methods"] = c.methodsValue
+	if _, listed := c.methods[method]; !listed {
+		// the browser compares methods byte for byte (Fetch, "CORS-preflight
+		// fetch"), so a method it did not normalise, such as
+		// "patch", must come back spelt as it was asked for
+		h["Access-Control-Allow-Methods"] = []string{c.methodsValue[0] + ", " + method}
+	}
 	if requested != "" {
 		h["Access-Control-Allow-Headers"] = []string{requested}
 	}
@@ -184,14 +197,14 @@ func (c *CORS) answerPreflight(h http.Header, r *http.Request, origin string) pr
 }
 
 // requestedHeaders checks the Access-Control-Request-Headers values and
-// returns the lowercase list to echo back. Authorization is thereby always
-// named explicitly, never covered by "*" (Fetch, "CORS-preflight fetch").
+// returns the lowercase list to echo back. Authorization is always named
+// explicitly, whether asked for or not, because "*" never covers it (Fetch,
+// "CORS-preflight fetch"): a cached answer then also serves the
+// page's next request that carries a token.
 func (c *CORS) requestedHeaders(values []string) (string, bool) {
-	if len(values) == 0 {
-		return "", true
-	}
 	var b strings.Builder
 	count := 0
+	authorization := false
 	for _, v := range values {
 		for name := range strings.SplitSeq(v, ",") {
 			name = strings.TrimSpace(name)
@@ -206,11 +219,18 @@ func (c *CORS) requestedHeaders(values []string) (string, bool) {
 			if _, ok := c.headers[name]; !ok {
 				return "", false
 			}
+			authorization = authorization || name == "authorization"
 			if b.Len() > 0 {
 				b.WriteString(", ")
 			}
 			b.WriteString(name)
 		}
+	}
+	if c.authorization && !authorization {
+		if b.Len() > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("authorization")
 	}
 	return b.String(), true
 }

@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"regexp/syntax"
 	"strings"
+
+	"golang.org/x/net/publicsuffix"
 )
 
 // ErrInvalidOrigin is wrapped by every error about an allowlist entry.
@@ -100,7 +103,158 @@ func compileOriginPattern(entry string) (*regexp.Regexp, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %q: %v", ErrInvalidOrigin, entry, err)
 	}
+	if err := checkPatternHost(inner); err != nil {
+		return nil, fmt.Errorf("%w: %q: %v", ErrInvalidOrigin, entry, err)
+	}
 	return re, nil
+}
+
+// checkPatternHost refuses a regular expression that could match a host
+// outside the domain its author had in mind. Request origins reach the
+// patterns only in serialised form (scheme://host[:port]), so it is enough
+// that every branch ends, before an optional port, with either a literal
+// that holds the whole host ("://app.example.com") or a literal domain of
+// at least two labels that starts with an escaped dot ("\.example\.com").
+// Variable parts before that literal, an unescaped dot included, can then
+// only pick a subdomain of it. An unescaped dot inside the domain
+// (app.example.com would also match appxexample.com), a trailing .* and a
+// domain of one label (\.com) are refused.
+func checkPatternHost(expr string) error {
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return err
+	}
+	if !fixedDomain(re.Simplify(), true) {
+		return errors.New("the host must end in a literal domain, such as " +
+			`^https://[a-z0-9-]+\.example\.com$ (escape every dot)`)
+	}
+	return nil
+}
+
+// fixedDomain reports whether every string re matches ends in a fixed
+// domain, as checkPatternHost describes. fixedBefore says that whatever
+// precedes re is one of finitely many literal strings.
+func fixedDomain(re *syntax.Regexp, fixedBefore bool) bool {
+	switch re.Op {
+	case syntax.OpLiteral:
+		lit := string(re.Rune)
+		if fixedBefore || strings.Contains(lit, "://") {
+			return true
+		}
+		domain, _, _ := strings.Cut(strings.ToLower(lit), ":")
+		return strings.HasPrefix(domain, ".") && strings.Count(domain, ".") >= 2 &&
+			!isPublicSuffix(domain[1:])
+	case syntax.OpCapture:
+		return fixedDomain(re.Sub[0], fixedBefore)
+	case syntax.OpAlternate:
+		for _, sub := range re.Sub {
+			if !fixedDomain(sub, fixedBefore) {
+				return false
+			}
+		}
+		return true
+	case syntax.OpConcat:
+		subs := re.Sub
+		for len(subs) > 0 && isEnd(subs[len(subs)-1]) {
+			subs = subs[:len(subs)-1]
+		}
+		// an optional or variable port after the host
+		if n := len(subs); n > 1 && colonFirst(subs[n-1]) && digitsOnly(subs[n-1], true) {
+			subs = subs[:n-1]
+		} else {
+			k := n
+			for k > 0 && digitsOnly(subs[k-1], false) {
+				k--
+			}
+			if k < n && k > 0 && subs[k-1].Op == syntax.OpLiteral &&
+				strings.HasSuffix(string(subs[k-1].Rune), ":") {
+				last := *subs[k-1]
+				last.Rune = last.Rune[:len(last.Rune)-1]
+				subs = append(subs[:k-1:k-1], &last)
+			}
+		}
+		if len(subs) == 0 {
+			return false
+		}
+		for _, sub := range subs[:len(subs)-1] {
+			fixedBefore = fixedBefore && finite(sub)
+		}
+		return fixedDomain(subs[len(subs)-1], fixedBefore)
+	}
+	return false
+}
+
+func isEnd(re *syntax.Regexp) bool {
+	return re.Op == syntax.OpEndText || re.Op == syntax.OpEndLine || re.Op == syntax.OpEmptyMatch
+}
+
+// finite reports whether re matches one of finitely many literal strings.
+func finite(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpLiteral, syntax.OpBeginText, syntax.OpBeginLine, syntax.OpEmptyMatch:
+		return true
+	case syntax.OpCapture, syntax.OpQuest, syntax.OpConcat, syntax.OpAlternate:
+		for _, sub := range re.Sub {
+			if !finite(sub) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// colonFirst reports whether every non-empty string re matches starts
+// with a colon.
+func colonFirst(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpLiteral:
+		return len(re.Rune) > 0 && re.Rune[0] == ':'
+	case syntax.OpCapture, syntax.OpQuest:
+		return colonFirst(re.Sub[0])
+	case syntax.OpConcat:
+		return len(re.Sub) > 0 && colonFirst(re.Sub[0])
+	case syntax.OpAlternate:
+		for _, sub := range re.Sub {
+			if !colonFirst(sub) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// digitsOnly reports whether re matches only digits (and colons when
+// colon is set): the shape of a port.
+func digitsOnly(re *syntax.Regexp, colon bool) bool {
+	switch re.Op {
+	case syntax.OpLiteral:
+		for _, r := range re.Rune {
+			if !(r >= '0' && r <= '9' || colon && r == ':') {
+				return false
+			}
+		}
+		return true
+	case syntax.OpCharClass:
+		for i := 0; i+1 < len(re.Rune); i += 2 {
+			if re.Rune[i] < '0' || re.Rune[i+1] > '9' {
+				return false
+			}
+		}
+		return true
+	case syntax.OpEmptyMatch:
+		return true
+	case syntax.OpCapture, syntax.OpQuest, syntax.OpStar, syntax.OpPlus, syntax.OpRepeat,
+		syntax.OpConcat, syntax.OpAlternate:
+		for _, sub := range re.Sub {
+			if !digitsOnly(sub, colon) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // NormalizeOrigin returns the serialised form of an allowlist entry:
@@ -176,8 +330,8 @@ func NormalizeOrigin(entry string) (string, error) {
 		}
 	} else if !validHostname(name) {
 		return fail("invalid host name")
-	} else if wild && !strings.Contains(name, ".") {
-		return fail("a wildcard needs at least two labels after it, as in https://*.example.com")
+	} else if wild && (!strings.Contains(name, ".") || isPublicSuffix(name)) {
+		return fail("a wildcard needs a registrable domain after it, as in https://*.example.com")
 	}
 
 	out := scheme + "://"
@@ -189,6 +343,14 @@ func NormalizeOrigin(entry string) (string, error) {
 		out += ":" + port
 	}
 	return out, nil
+}
+
+// isPublicSuffix reports whether name is a suffix under which anybody may
+// register a domain (com, co.uk, github.io): a wildcard or pattern over it
+// would match unrelated sites.
+func isPublicSuffix(name string) bool {
+	suffix, _ := publicsuffix.PublicSuffix(name)
+	return suffix == name
 }
 
 func validScheme(s string) bool {
@@ -254,6 +416,11 @@ func (l *originAllowlist) allows(origin string) bool {
 	if l.any {
 		return true
 	}
+	// wildcards and patterns see only well-formed serialised origins, so
+	// that the host they match is the whole host
+	if (len(l.wildcards) > 0 || len(l.patterns) > 0) && !isSerializedOrigin(origin) {
+		return false
+	}
 	for _, w := range l.wildcards {
 		if len(origin) > len(w.prefix)+len(w.suffix) &&
 			strings.HasPrefix(origin, w.prefix) && strings.HasSuffix(origin, w.suffix) &&
@@ -299,6 +466,17 @@ func (l *originAllowlist) nearWildcard() bool {
 		}
 	}
 	return false
+}
+
+// isSerializedOrigin reports whether origin is already in the form a
+// browser sends: scheme://host[:port], lowercase, no default port, no
+// user info, path or wildcard (RFC 6454 section 6.2).
+func isSerializedOrigin(origin string) bool {
+	if strings.Contains(origin, "*") {
+		return false
+	}
+	normal, err := NormalizeOrigin(origin)
+	return err == nil && normal == origin
 }
 
 // validRequestOrigin reports whether a request's Origin value has the shape
