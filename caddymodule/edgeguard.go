@@ -451,6 +451,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	rw := &responseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		cors: h.CORS, origin: allowedOrigin}
 	err := next.ServeHTTP(rw, r)
+	rw.finish()
 	if err != nil && !rw.wroteHeader {
 		// the error goes to Caddy's error handling (handle_errors or a bare
 		// status): give it our CORS headers so the page can read it
