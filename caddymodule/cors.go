@@ -256,10 +256,16 @@ func (c *CORS) decorate(h http.Header, origin string, gatewayError bool) {
 // stripCORSHeaders removes every Access-Control-* header, whoever set it.
 func stripCORSHeaders(h http.Header) {
 	for name := range h {
-		if len(name) > 15 && strings.EqualFold(name[:15], "Access-Control-") {
+		if isCORSHeader(name) {
 			delete(h, name)
 		}
 	}
+}
+
+// isCORSHeader reports whether a header name starts with Access-Control-,
+// in any case.
+func isCORSHeader(name string) bool {
+	return len(name) > 15 && strings.EqualFold(name[:15], "Access-Control-")
 }
 
 // addVaryOrigin merges Origin into Vary without repeating it. Caches must
@@ -271,15 +277,78 @@ func addVaryOrigin(h http.Header) {
 		h["Vary"] = valueVaryOrigin
 		return
 	}
+	origins, tokens := 0, 0
 	for _, v := range values {
 		for token := range strings.SplitSeq(v, ",") {
 			token = strings.TrimSpace(token)
-			if token == "*" || strings.EqualFold(token, "Origin") {
+			switch {
+			case token == "":
+			case token == "*":
+				// the response varies on everything already (RFC 9110
+				// section 12.5.5)
 				return
+			case strings.EqualFold(token, "Origin"):
+				origins++
+			default:
+				tokens++
 			}
 		}
 	}
-	h["Vary"] = append(values[:len(values):len(values)], "Origin")
+	switch {
+	case origins == 1 && !repeatsName(values):
+	case origins == 0 && tokens == 1 && len(values) == 1:
+		// the usual case: one field name from the upstream, such as
+		// Accept-Encoding
+		h["Vary"] = []string{values[0], "Origin"}
+	default:
+		h["Vary"] = []string{mergeVary(values)}
+	}
+}
+
+// repeatsName reports whether a field name appears twice in Vary values.
+func repeatsName(values []string) bool {
+	i := 0
+	for _, v := range values {
+		for a := range strings.SplitSeq(v, ",") {
+			i++
+			a = strings.TrimSpace(a)
+			j := 0
+			for _, w := range values {
+				for b := range strings.SplitSeq(w, ",") {
+					j++
+					if j > i && a != "" && strings.EqualFold(a, strings.TrimSpace(b)) {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
+// mergeVary joins Vary values into one, each field name once, in the
+// order first seen, with Origin added.
+func mergeVary(values []string) string {
+	var names []string
+	seen := func(name string) bool {
+		for _, n := range names {
+			if strings.EqualFold(n, name) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, v := range values {
+		for token := range strings.SplitSeq(v, ",") {
+			if token = strings.TrimSpace(token); token != "" && !seen(token) {
+				names = append(names, token)
+			}
+		}
+	}
+	if !seen("Origin") {
+		names = append(names, "Origin")
+	}
+	return strings.Join(names, ", ")
 }
 
 // validToken reports whether s is an RFC 9110 token (method and header

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -32,7 +33,54 @@ func (rw *responseWriter) WriteHeader(status int) {
 	}
 	rw.wroteHeader = true
 	rw.cors.decorate(h, rw.origin, false)
+	if _, ok := h["Trailer"]; ok {
+		dropCORSTrailers(h)
+	}
 	rw.ResponseWriter.WriteHeader(status)
+}
+
+// finish removes Access-Control-* trailers the upstream added after the
+// body (http.TrailerPrefix keys), which would otherwise be sent at the end
+// of a chunked response. Browsers do not read trailers today (Fetch,
+// "response trailer"), but the gateway promises that no upstream CORS
+// field reaches them at all.
+func (rw *responseWriter) finish() {
+	if !rw.wroteHeader {
+		return
+	}
+	h := rw.Header()
+	for name := range h {
+		if len(name) > len(http.TrailerPrefix) && name[:len(http.TrailerPrefix)] == http.TrailerPrefix &&
+			isCORSHeader(name[len(http.TrailerPrefix):]) {
+			delete(h, name)
+		}
+	}
+}
+
+// dropCORSTrailers removes Access-Control-* names from the Trailer
+// header, so that values set after the body under those names are not
+// sent (RFC 9110 section 6.6.2).
+func dropCORSTrailers(h http.Header) {
+	var kept []string
+	changed := false
+	for _, v := range h["Trailer"] {
+		for name := range strings.SplitSeq(v, ",") {
+			name = strings.TrimSpace(name)
+			if name == "" || isCORSHeader(name) {
+				changed = true
+				continue
+			}
+			kept = append(kept, name)
+		}
+	}
+	if !changed {
+		return
+	}
+	if len(kept) == 0 {
+		delete(h, "Trailer")
+		return
+	}
+	h["Trailer"] = []string{strings.Join(kept, ", ")}
 }
 
 func (rw *responseWriter) Write(p []byte) (int, error) {
