@@ -155,6 +155,10 @@ func (id *identity) stillValid(now float64, leeway float64) bool {
 // identity, or a refusal; an identity that fails a route requirement is
 // returned with its refusal.
 func (h *Handler) authenticate(ctx context.Context, raw string) (*identity, *refusal) {
+	// size first, before the token is hashed for the cache or parsed
+	if len(raw) > h.MaxTokenBytes {
+		return nil, invalidToken("token_too_large", errTokenTooLarge.Error())
+	}
 	now := h.now()
 	nowSeconds := float64(now.UnixNano()) / 1e9
 	if id := h.cache.get(raw); id != nil && id.stillValid(nowSeconds, h.leeway) {
@@ -359,11 +363,16 @@ func scalarString(v any) string {
 }
 
 // claimPlaceholders prepares {http.auth.user.id} and one placeholder per
-// top-level claim that has a header-safe rendering.
+// top-level claim that has a header-safe rendering. A claim called "id"
+// gets none: {http.auth.user.id} is the subject, and a claim must not be
+// able to overwrite it.
 func claimPlaceholders(claims map[string]any, subject string) []placeholder {
 	out := make([]placeholder, 0, len(claims)+1)
 	out = append(out, placeholder{"http.auth.user.id", subject})
 	for name, v := range claims {
+		if name == "id" {
+			continue
+		}
 		if s := claimHeaderValue(v); s != "" {
 			out = append(out, placeholder{"http.auth.user." + name, s})
 		}

@@ -307,13 +307,13 @@ func (s *keySource) startFetch(scheduled bool) *fetchCall {
 	if s.inflight != nil {
 		return s.inflight
 	}
+	// every fetch counts towards the limit: keys fetched a moment ago by
+	// the scheduled refresh are as fresh as a refetch would make them
 	now := s.now()
-	if !scheduled {
-		if !s.lastFetch.IsZero() && now.Sub(s.lastFetch) < s.config.RefetchInterval {
-			return nil
-		}
-		s.lastFetch = now
+	if !scheduled && !s.lastFetch.IsZero() && now.Sub(s.lastFetch) < s.config.RefetchInterval {
+		return nil
 	}
+	s.lastFetch = now
 	call := &fetchCall{done: make(chan struct{})}
 	s.inflight = call
 	go func() {
@@ -343,20 +343,22 @@ func (s *keySource) refreshLoop(ctx context.Context) {
 
 	failures := 0
 	for {
-		call := s.startFetch(true)
-		select {
-		case <-call.done:
-		case <-ctx.Done():
-			return
-		}
-
-		var wait time.Duration
-		if call.err != nil {
+		// keys a request-driven refetch loaded meanwhile postpone the
+		// scheduled one
+		wait := s.freshFor()
+		if wait <= 0 {
+			call := s.startFetch(true)
+			select {
+			case <-call.done:
+			case <-ctx.Done():
+				return
+			}
+			if call.err == nil {
+				failures = 0
+				continue
+			}
 			failures++
 			wait = min(time.Second<<min(failures-1, 10), maxRetryBackoff, s.config.RefreshMin)
-		} else {
-			failures = 0
-			wait = s.nextRefresh()
 		}
 		timer := time.NewTimer(wait)
 		select {
@@ -366,6 +368,16 @@ func (s *keySource) refreshLoop(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// freshFor is how long the current keys remain fresh: their age
+// subtracted from the refresh interval, or 0 when they are due.
+func (s *keySource) freshFor() time.Duration {
+	snap := s.snapshot.Load()
+	if snap == nil {
+		return 0
+	}
+	return max(s.nextRefresh()-s.now().Sub(snap.loaded), 0)
 }
 
 // nextRefresh is the delay before the next scheduled fetch, taken from
@@ -553,8 +565,9 @@ func (s *keySource) get(ctx context.Context, target, accept string) ([]byte, htt
 	return data, resp.Header, nil
 }
 
-// cacheMaxAge reads max-age from a Cache-Control value; 0 when absent.
-// no-store and no-cache ask for the shortest refresh the bounds allow.
+// cacheMaxAge reads max-age from a Cache-Control value (RFC 9111
+// section 5.2.2); 0 when absent. no-store, no-cache and max-age=0 ask for
+// the shortest refresh the bounds allow.
 func cacheMaxAge(value string) time.Duration {
 	for directive := range strings.SplitSeq(value, ",") {
 		name, arg, _ := strings.Cut(strings.TrimSpace(directive), "=")
@@ -564,7 +577,7 @@ func cacheMaxAge(value string) time.Duration {
 		case "max-age", "s-maxage":
 			n, err := strconv.ParseInt(strings.Trim(arg, `"`), 10, 64)
 			if err == nil && n >= 0 {
-				return time.Duration(min(n, int64(365*24*3600))) * time.Second
+				return max(time.Duration(min(n, int64(365*24*3600)))*time.Second, time.Nanosecond)
 			}
 		}
 	}

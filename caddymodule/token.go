@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -54,12 +55,11 @@ var (
 )
 
 // jwsHeader holds the members of a JOSE header the gateway reads. jku,
-// x5u, jwk and x5c are deliberately absent: keys come only from the
+// x5u, jwk and x5c are deliberately not read: keys come only from the
 // configured key set, never from the token that wants to be trusted.
 type jwsHeader struct {
-	Alg  string           `json:"alg"`
-	Kid  string           `json:"kid"`
-	Crit *json.RawMessage `json:"crit"`
+	Alg string
+	Kid string
 }
 
 // compactToken is a JWS split into its parts (RFC 7515 section 7.1).
@@ -79,7 +79,20 @@ func parseCompact(raw string, maxBytes int) (*compactToken, error) {
 	if len(raw) > maxBytes {
 		return nil, errTokenTooLarge
 	}
-	dots := strings.Count(raw, ".")
+
+	// shape: only the base64url alphabet and the two separating dots
+	// (RFC 7515 section 2 and 7.1); this also refuses padding, spaces and
+	// line breaks, which Go's base64 decoder would otherwise skip
+	dots := 0
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; {
+		case c == '.':
+			dots++
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+		default:
+			return nil, errTokenMalformed
+		}
+	}
 	if dots == 4 {
 		return nil, errTokenEncrypted
 	}
@@ -98,19 +111,14 @@ func parseCompact(raw string, maxBytes int) (*compactToken, error) {
 	if err != nil {
 		return nil, errHeaderMalformed
 	}
-	if err := decodeObject(headerJSON, &tok.header); err != nil {
+	if tok.header, err = decodeHeader(headerJSON); err != nil {
 		return nil, err
-	}
-	if tok.header.Crit != nil {
-		// no extension is understood here, so any crit must be refused
-		// (RFC 7515 section 4.1.11); an empty list is invalid too
-		return nil, errCritUnsupported
 	}
 	claimsJSON, err := b64.DecodeString(encodedClaims)
 	if err != nil {
 		return nil, errClaimsMalformed
 	}
-	if err := decodeClaims(claimsJSON, &tok.claims); err != nil {
+	if tok.claims, err = decodeClaims(claimsJSON); err != nil {
 		return nil, err
 	}
 	if tok.signature, err = b64.DecodeString(encodedSig); err != nil {
@@ -119,66 +127,134 @@ func parseCompact(raw string, maxBytes int) (*compactToken, error) {
 	return tok, nil
 }
 
-// decodeObject decodes a JOSE header and refuses duplicate member names,
-// which RFC 7515 section 4 requires of a parser or must be rejected.
-func decodeObject(data []byte, v *jwsHeader) error {
-	if err := json.Unmarshal(data, v); err != nil {
-		return errHeaderMalformed
+// decodeHeader reads a JOSE header. Member names are matched exactly, as
+// RFC 7515 section 4 requires (encoding/json would also take "ALG" for
+// "alg"), and a name given twice is refused rather than resolved.
+func decodeHeader(data []byte) (jwsHeader, error) {
+	var h jwsHeader
+	members, err := decodeObject(data, errHeaderMalformed)
+	if err != nil {
+		return h, err
 	}
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(data, &members); err != nil {
-		return errHeaderMalformed
+	alg, ok := members["alg"].(string)
+	if !ok || alg == "" {
+		return h, errHeaderMalformed
 	}
-	if n, ok := countMembers(data); !ok || n != len(members) {
-		return errDuplicateMember
+	h.Alg = alg
+	if kid, present := members["kid"]; present {
+		if h.Kid, ok = kid.(string); !ok {
+			return h, errHeaderMalformed
+		}
 	}
-	return nil
+	if _, present := members["crit"]; present {
+		// no extension is understood here, so any crit must be refused
+		// (RFC 7515 section 4.1.11); an empty or null list is invalid too
+		return h, errCritUnsupported
+	}
+	return h, nil
 }
 
-func decodeClaims(data []byte, claims *map[string]any) error {
-	// Valid also refuses trailing data after the object
+// decodeClaims reads a JWT claims set (RFC 7519 section 7.2, step 10).
+func decodeClaims(data []byte) (map[string]any, error) {
+	return decodeObject(data, errClaimsMalformed)
+}
+
+// decodeObject decodes exactly one JSON object, numbers kept as
+// json.Number. Trailing data is refused, and so is a member name given
+// twice in any object at any depth, escaped spellings included: parsers
+// disagree on which copy wins (RFC 7515 section 4, RFC 7519 section 4),
+// and the upstream may parse the token too.
+func decodeObject(data []byte, malformed error) (map[string]any, error) {
 	if !json.Valid(data) {
-		return errClaimsMalformed
+		return nil, malformed
 	}
+	var out map[string]any
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	if err := dec.Decode(claims); err != nil || *claims == nil {
-		return errClaimsMalformed
+	if err := dec.Decode(&out); err != nil || out == nil {
+		return nil, malformed
 	}
-	if n, ok := countMembers(data); !ok || n != len(*claims) {
-		return errDuplicateMember
+	if hasDuplicateNames(data) {
+		return nil, errDuplicateMember
 	}
-	return nil
+	return out, nil
 }
 
-// countMembers counts the members of the top-level JSON object in data,
-// which must already be known to be valid JSON. Compared with the size of
-// the decoded map it reveals duplicate names, escaped spellings included.
-func countMembers(data []byte) (int, bool) {
-	depth, count := 0, 0
-	expectKey := false
+// hasDuplicateNames reports whether any object in data names a member
+// twice. data must already be known to be valid JSON. Names are compared
+// after unescaping, the way encoding/json decodes them, so "\u0061lg"
+// and "alg" are the same name.
+func hasDuplicateNames(data []byte) bool {
+	var stack []jsonContainer
 	for i := 0; i < len(data); i++ {
 		switch c := data[i]; c {
 		case '{', '[':
-			depth++
-			expectKey = depth == 1 && c == '{'
+			stack = append(stack, jsonContainer{object: c == '{', expectKey: c == '{'})
 		case '}', ']':
-			depth--
+			stack = stack[:len(stack)-1]
 		case ',':
-			expectKey = depth == 1
-		case '"':
-			if expectKey {
-				count++
-				expectKey = false
+			if top := len(stack) - 1; top >= 0 && stack[top].object {
+				stack[top].expectKey = true
 			}
-			for i++; i < len(data) && data[i] != '"'; i++ {
+		case '"':
+			start := i
+			plain := true
+			for i++; data[i] != '"'; i++ {
 				if data[i] == '\\' {
 					i++
+					plain = false
+				} else if data[i] >= 0x80 {
+					plain = false
 				}
+			}
+			top := len(stack) - 1
+			if top < 0 || !stack[top].expectKey {
+				continue
+			}
+			stack[top].expectKey = false
+			name := string(data[start+1 : i])
+			if !plain {
+				// unescape, and replace invalid UTF-8 as encoding/json does
+				_ = json.Unmarshal(data[start:i+1], &name)
+			}
+			if stack[top].seen(name) {
+				return true
 			}
 		}
 	}
-	return count, depth == 0
+	return false
+}
+
+// jsonContainer is an object or array open during hasDuplicateNames.
+type jsonContainer struct {
+	object    bool
+	expectKey bool
+	names     []string
+	set       map[string]struct{}
+}
+
+// seen records a member name and reports whether it was there already.
+// Small objects are searched in a slice; large ones, which only a
+// hostile token has, switch to a map so the check stays linear.
+func (c *jsonContainer) seen(name string) bool {
+	if c.set == nil && len(c.names) < 16 {
+		if slices.Contains(c.names, name) {
+			return true
+		}
+		c.names = append(c.names, name)
+		return false
+	}
+	if c.set == nil {
+		c.set = make(map[string]struct{}, 2*len(c.names))
+		for _, n := range c.names {
+			c.set[n] = struct{}{}
+		}
+	}
+	if _, ok := c.set[name]; ok {
+		return true
+	}
+	c.set[name] = struct{}{}
+	return false
 }
 
 // verifySignature checks the token's signature with one key.
