@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -65,6 +67,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // the route has exactly one issuer.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
+	at := lines{"edge_guard": d.Line()}
 	if d.NextArg() {
 		h.Name = d.Val()
 	}
@@ -73,32 +76,35 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	h.CORS = new(CORS)
 
-	seen := make(map[string]bool)
 	outer := new(Issuer)
-	outerSet := false
+	outerAt := lines{}
+	var issuersAt []lines
 	for d.NextBlock(0) {
 		name := d.Val()
-		if !repeatable[name] {
-			if seen[name] {
-				return d.Errf("%s: given twice", name)
-			}
-			seen[name] = true
+		if _, given := at[name]; given && !repeatable[name] {
+			return d.Errf("%s: given twice", name)
+		}
+		if _, given := outerAt[name]; given && !repeatable[name] {
+			return d.Errf("%s: given twice", name)
 		}
 
 		// algorithms in the outer block are the route's, not the issuer's
 		if name == "algorithms" {
-			if err := h.unmarshalAlgorithms(d, &h.Algorithms); err != nil {
+			at.note(name, d.Line())
+			if err := unmarshalAlgorithms(d, &h.Algorithms); err != nil {
 				return err
 			}
 			continue
 		}
+		line := d.Line()
 		if handled, err := unmarshalIssuerOption(d, outer); handled {
 			if err != nil {
 				return err
 			}
-			outerSet = true
+			outerAt.note(name, line)
 			continue
 		}
+		at.note(name, line)
 
 		var err error
 		switch name {
@@ -113,17 +119,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "expose_headers":
 			err = argList(d, &h.CORS.ExposeHeaders)
 		case "allow_credentials":
-			err = flag(d, &h.CORS.AllowCredentials)
+			err = flagArg(d, &h.CORS.AllowCredentials)
 		case "max_age":
 			err = durationArg(d, &h.CORS.MaxAge)
 		case "allow_private_network":
-			err = flag(d, &h.CORS.AllowPrivateNetwork)
+			err = flagArg(d, &h.CORS.AllowPrivateNetwork)
 		case "issuer":
-			err = h.unmarshalIssuer(d)
+			var issAt lines
+			if issAt, err = h.unmarshalIssuer(d); err == nil {
+				issuersAt = append(issuersAt, issAt)
+			}
 		case "leeway":
 			err = durationArg(d, &h.Leeway)
 		case "allow_missing_exp":
-			err = flag(d, &h.AllowMissingExp)
+			err = flagArg(d, &h.AllowMissingExp)
 		case "max_token_bytes":
 			err = intArg(d, &h.MaxTokenBytes)
 		case "token_cookie":
@@ -131,7 +140,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "token_query":
 			err = oneArg(d, &h.TokenQuery)
 		case "anonymous":
-			err = flag(d, &h.Anonymous)
+			err = flagArg(d, &h.Anonymous)
 		case "realm":
 			err = oneArg(d, &h.Realm)
 		case "require_claim":
@@ -145,7 +154,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "claim_header":
 			err = h.unmarshalClaimHeader(d)
 		case "strip_authorization":
-			err = flag(d, &h.StripAuthorization)
+			err = flagArg(d, &h.StripAuthorization)
 		case "token_cache_size":
 			err = intArg(d, &h.TokenCacheSize)
 		default:
@@ -156,20 +165,82 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 
-	if outerSet {
+	// issuer options in the outer block belong to the route's only issuer
+	if len(outerAt) > 0 {
 		if len(h.Issuers) != 1 {
-			return d.Err("key set and audience options outside an issuer block need exactly one issuer")
+			return errAt(d, outerAt.first(),
+				errors.New("key set and audience options outside an issuer block need exactly one issuer"))
 		}
-		if err := mergeIssuer(h.Issuers[0], outer); err != nil {
-			return d.Errf("issuer %q: %v", h.Issuers[0].Issuer, err)
+		if field, err := mergeIssuer(h.Issuers[0], outer); err != nil {
+			return errAt(d, outerAt[field], fmt.Errorf("issuer %q: %w", h.Issuers[0].Issuer, err))
+		}
+		for name, line := range outerAt {
+			issuersAt[0].note(name, line)
 		}
 	}
 
-	// the checks Provision makes, reported here with the file and line
-	if err := h.check(); err != nil {
-		return d.Err(err.Error())
+	// the checks Provision makes, reported here with the line of the
+	// subdirective at fault (or of the directive, when one is missing)
+	probe := *h
+	if probe.Name == "" {
+		probe.Name = defaultName
+	}
+	if err := probe.check(); err != nil {
+		line := at.blame(err.Error(), "edge_guard")
+		for i, iss := range h.Issuers {
+			if strings.Contains(err.Error(), fmt.Sprintf("issuer %q:", iss.Issuer)) {
+				line = issuersAt[i].blame(err.Error(), "issuer")
+				if errors.Is(err, ErrInsecureKeySetURL) && iss.JWKSURL != "" {
+					line = issuersAt[i]["jwks_url"]
+				}
+				break
+			}
+		}
+		return errAt(d, line, err)
 	}
 	return nil
+}
+
+// lines remembers where each subdirective of a block was given, so that
+// checks made once the block is read can name the line at fault. The
+// block's own line is under its directive name.
+type lines map[string]int
+
+func (l lines) note(name string, line int) {
+	if _, given := l[name]; !given {
+		l[name] = line
+	}
+}
+
+// first is the earliest line noted.
+func (l lines) first() int {
+	least := 0
+	for _, line := range l {
+		if least == 0 || line < least {
+			least = line
+		}
+	}
+	return least
+}
+
+// blame returns the line of the first subdirective a check's message
+// names that was given, or the line of the block itself (under its
+// directive name) when none was: the message then says what is missing.
+func (l lines) blame(msg, block string) int {
+	for _, word := range strings.FieldsFunc(msg, func(r rune) bool {
+		return r != '_' && (r < 'a' || r > 'z')
+	}) {
+		if line, given := l[word]; given && word != block {
+			return line
+		}
+	}
+	return l[block]
+}
+
+// errAt reports err at a line of the dispenser's file, the way the
+// dispenser's own errors do.
+func errAt(d *caddyfile.Dispenser, line int, err error) error {
+	return fmt.Errorf("%w, at %s:%d", err, d.File(), line)
 }
 
 // repeatable subdirectives may be given more than once; their values add
@@ -178,7 +249,12 @@ var repeatable = map[string]bool{
 	"allow_origins": true, "allow_methods": true, "allow_headers": true,
 	"expose_headers": true, "issuer": true, "require_claim": true,
 	"require_scope": true, "require_role": true, "claim_header": true,
+	"audience": true,
 }
+
+// minHMACSecretBytes is the shortest shared secret accepted: as long as
+// the HS256 output (RFC 7518 section 3.2).
+const minHMACSecretBytes = 32
 
 func (h *Handler) unmarshalOrigins(d *caddyfile.Dispenser) error {
 	args := d.RemainingArgs()
@@ -198,32 +274,32 @@ func (h *Handler) unmarshalOrigins(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func (h *Handler) unmarshalIssuer(d *caddyfile.Dispenser) error {
+func (h *Handler) unmarshalIssuer(d *caddyfile.Dispenser) (lines, error) {
 	iss := new(Issuer)
+	at := lines{"issuer": d.Line()}
 	if !d.NextArg() {
-		return d.ArgErr()
+		return nil, d.ArgErr()
 	}
 	iss.Issuer = d.Val()
 	if d.NextArg() {
-		return d.ArgErr()
+		return nil, d.ArgErr()
 	}
-	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if seen[name] && name != "audience" {
-			return d.Errf("%s: given twice", name)
+		if _, given := at[name]; given && name != "audience" {
+			return nil, d.Errf("%s: given twice", name)
 		}
-		seen[name] = true
+		at.note(name, d.Line())
 		handled, err := unmarshalIssuerOption(d, iss)
 		if !handled {
-			return d.Errf("unrecognized issuer subdirective %q", name)
+			return nil, d.Errf("unrecognized issuer subdirective %q", name)
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
 	h.Issuers = append(h.Issuers, iss)
-	return nil
+	return at, nil
 }
 
 // unmarshalIssuerOption parses one issuer subdirective, reporting false
@@ -249,15 +325,17 @@ func unmarshalIssuerOption(d *caddyfile.Dispenser, iss *Issuer) (bool, error) {
 			iss.JWKS = json.RawMessage(raw)
 		}
 	case "discovery":
-		err = flag(d, &iss.Discovery)
+		err = flagArg(d, &iss.Discovery)
 	case "hmac_secret":
-		err = oneArg(d, &iss.HMACSecret)
+		if err = oneArg(d, &iss.HMACSecret); err == nil && len(iss.HMACSecret) < minHMACSecretBytes {
+			err = d.Errf("hmac_secret: must be at least %d bytes", minHMACSecretBytes)
+		}
 	case "audience":
 		err = argList(d, &iss.Audiences)
 	case "any_audience":
-		err = flag(d, &iss.AnyAudience)
+		err = flagArg(d, &iss.AnyAudience)
 	case "algorithms":
-		err = (*Handler)(nil).unmarshalAlgorithms(d, &iss.Algorithms)
+		err = unmarshalAlgorithms(d, &iss.Algorithms)
 	case "refresh_min":
 		err = durationArg(d, &iss.RefreshMin)
 	case "refresh_max":
@@ -269,7 +347,7 @@ func unmarshalIssuerOption(d *caddyfile.Dispenser, iss *Issuer) (bool, error) {
 	case "refetch_interval":
 		err = durationArg(d, &iss.RefetchInterval)
 	case "allow_http":
-		err = flag(d, &iss.AllowHTTP)
+		err = flagArg(d, &iss.AllowHTTP)
 	default:
 		return false, nil
 	}
@@ -277,31 +355,69 @@ func unmarshalIssuerOption(d *caddyfile.Dispenser, iss *Issuer) (bool, error) {
 }
 
 // mergeIssuer copies options given in the outer block into the route's
-// only issuer, refusing any that its own block sets too.
-func mergeIssuer(dst, src *Issuer) error {
-	var a, b map[string]any
-	da, _ := json.Marshal(dst)
-	db, _ := json.Marshal(src)
-	_ = json.Unmarshal(da, &a)
-	_ = json.Unmarshal(db, &b)
-	for k, v := range b {
-		if _, both := a[k]; both {
-			return &mergeError{k}
+// only issuer, refusing any that its own block sets too; it names the
+// subdirective given twice.
+func mergeIssuer(dst, src *Issuer) (string, error) {
+	var clash string
+	str := func(name string, d *string, s string) {
+		if s != "" && clash == "" {
+			if *d != "" {
+				clash = name
+			}
+			*d = s
 		}
-		a[k] = v
 	}
-	merged, _ := json.Marshal(a)
-	*dst = Issuer{}
-	return json.Unmarshal(merged, dst)
+	on := func(name string, d *bool, s bool) {
+		if s && clash == "" {
+			if *d {
+				clash = name
+			}
+			*d = true
+		}
+	}
+	list := func(name string, d *[]string, s []string) {
+		if len(s) > 0 && clash == "" {
+			if len(*d) > 0 {
+				clash = name
+			}
+			*d = s
+		}
+	}
+	dur := func(name string, d *caddy.Duration, s caddy.Duration) {
+		if s != 0 && clash == "" {
+			if *d != 0 {
+				clash = name
+			}
+			*d = s
+		}
+	}
+
+	str("jwks_url", &dst.JWKSURL, src.JWKSURL)
+	on("discovery", &dst.Discovery, src.Discovery)
+	str("jwks_file", &dst.JWKSFile, src.JWKSFile)
+	if src.JWKS != nil {
+		if dst.JWKS != nil {
+			clash = "jwks"
+		}
+		dst.JWKS = src.JWKS
+	}
+	str("hmac_secret", &dst.HMACSecret, src.HMACSecret)
+	list("audience", &dst.Audiences, src.Audiences)
+	on("any_audience", &dst.AnyAudience, src.AnyAudience)
+	list("algorithms", &dst.Algorithms, src.Algorithms)
+	dur("refresh_min", &dst.RefreshMin, src.RefreshMin)
+	dur("refresh_max", &dst.RefreshMax, src.RefreshMax)
+	dur("max_stale", &dst.MaxStale, src.MaxStale)
+	dur("fetch_timeout", &dst.FetchTimeout, src.FetchTimeout)
+	dur("refetch_interval", &dst.RefetchInterval, src.RefetchInterval)
+	on("allow_http", &dst.AllowHTTP, src.AllowHTTP)
+	if clash != "" {
+		return clash, fmt.Errorf("%s is set both inside and outside the issuer block", clash)
+	}
+	return "", nil
 }
 
-type mergeError struct{ field string }
-
-func (e *mergeError) Error() string {
-	return e.field + " is set both inside and outside the issuer block"
-}
-
-func (*Handler) unmarshalAlgorithms(d *caddyfile.Dispenser, dst *[]string) error {
+func unmarshalAlgorithms(d *caddyfile.Dispenser, dst *[]string) error {
 	args := d.RemainingArgs()
 	if len(args) == 0 {
 		return d.ArgErr()
@@ -371,7 +487,7 @@ func argList(d *caddyfile.Dispenser, dst *[]string) error {
 	return nil
 }
 
-func flag(d *caddyfile.Dispenser, dst *bool) error {
+func flagArg(d *caddyfile.Dispenser, dst *bool) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
