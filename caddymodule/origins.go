@@ -292,13 +292,14 @@ func NormalizeOrigin(entry string) (string, error) {
 	}
 
 	host, port := rest, ""
+	bracketed := strings.HasPrefix(rest, "[")
 	if h, p, err := net.SplitHostPort(rest); err == nil {
 		host, port = h, p
 		if p == "" {
 			return fail("empty port")
 		}
-	} else if strings.HasPrefix(rest, "[") {
-		host = strings.TrimSuffix(strings.TrimPrefix(rest, "["), "]")
+	} else if bracketed && strings.HasSuffix(rest, "]") {
+		host = rest[1 : len(rest)-1]
 	} else if strings.Contains(rest, ":") {
 		return fail("invalid host or port")
 	}
@@ -323,11 +324,21 @@ func NormalizeOrigin(entry string) (string, error) {
 		if wild {
 			return fail("a wildcard cannot stand before an IP address")
 		}
+		// browsers write IPv4-mapped IPv6 addresses in hex and refuse an
+		// IPv4 address in brackets (URL Standard, "host serializing"), so
+		// such entries could never match what they seem to say
+		if (ip.To4() != nil) == bracketed {
+			return fail("write an IPv4 address as a.b.c.d and an IPv6 address in brackets, without an IPv4 part")
+		}
 		if ip.To4() == nil {
 			name = "[" + ip.String() + "]"
 		} else {
 			name = ip.String()
 		}
+	} else if bracketed || endsInNumber(name) {
+		// the URL Standard reads 127.1 or 0x7f.1 as IPv4 and serialises it
+		// as 127.0.0.1, so the entry as written would never match
+		return fail("invalid IP address (write an IPv4 address as four decimal numbers)")
 	} else if !validHostname(name) {
 		return fail("invalid host name")
 	} else if wild && (!strings.Contains(name, ".") || isPublicSuffix(name)) {
@@ -343,6 +354,20 @@ func NormalizeOrigin(entry string) (string, error) {
 		out += ":" + port
 	}
 	return out, nil
+}
+
+// endsInNumber reports whether the last label of a host is a number, in
+// which case the URL Standard parses the host as an IPv4 address ("ends in
+// a number checker").
+func endsInNumber(host string) bool {
+	last := host[strings.LastIndexByte(host, '.')+1:]
+	if last == "" {
+		return false
+	}
+	if hex, ok := strings.CutPrefix(last, "0x"); ok {
+		return strings.Trim(hex, "0123456789abcdef") == ""
+	}
+	return strings.Trim(last, "0123456789") == ""
 }
 
 // isPublicSuffix reports whether name is a suffix under which anybody may
