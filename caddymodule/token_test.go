@@ -103,7 +103,7 @@ func mustSignRaw(t *testing.T, key *testkit.Key, header, payload string) string 
 	return token
 }
 
-func mustJSON(t *testing.T, v any) string {
+func mustJSON(t testing.TB, v any) string {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
