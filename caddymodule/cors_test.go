@@ -285,6 +285,16 @@ func TestCORSConfigBounds(t *testing.T) {
 			}
 		}
 	}
+
+	// null is any sandboxed page: listed alone it is allowed, with
+	// credentials it is refused
+	for _, credentials := range []bool{false, true} {
+		h := &Handler{Name: "r", CORS: &CORS{AllowOrigins: []string{appOrigin, "null"}, AllowCredentials: credentials},
+			Issuers: []*Issuer{{Issuer: testIssuer, JWKSURL: "http://127.0.0.1:9/", Audiences: []string{"a"}}}}
+		if err := h.check(); (err == nil) == credentials {
+			t.Errorf("null with credentials %v: %v", credentials, err)
+		}
+	}
 }
 
 // TestErrorsCarryCORS: the gateway's own refusals are readable by an
