@@ -434,7 +434,7 @@ func (ex *explanation) print(w io.Writer, opts explainOptions) {
 	fmt.Fprintln(w, " with the given bearer token")
 	fmt.Fprintf(w, "reached by: %s\n", strings.Join(ex.trail, " > "))
 	if ex.bypassed != "" {
-		fmt.Fprintf(w, "result: NOT GUARDED: %s answers this request before any edge_guard route\n", ex.bypassed)
+		fmt.Fprintf(w, "result: NOT GUARDED: %s answers this request itself, before any edge_guard route\n", ex.bypassed)
 		return
 	}
 	fmt.Fprintf(w, "route: %s\n", ex.route)
