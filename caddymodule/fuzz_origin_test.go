@@ -83,7 +83,7 @@ func FuzzNormalizeOrigin(f *testing.F) {
 				t.Fatalf("entry %q allows %q", entry, probe)
 			}
 		}
-		if !strings.HasPrefix(entry, "~") && list.nearWildcard() {
+		if !strings.HasPrefix(entry, "~") && entry != "null" && list.nearWildcard() {
 			t.Fatalf("entry %q matches unrelated sites", entry)
 		}
 	})
