@@ -22,7 +22,10 @@ import (
 func init() {
 	caddy.RegisterModule(Handler{})
 	httpcaddyfile.RegisterHandlerDirective("edge_guard", parseCaddyfile)
-	httpcaddyfile.RegisterDirectiveOrder("edge_guard", httpcaddyfile.Before, "reverse_proxy")
+	// right after the request is rewritten, before anything that answers
+	// by itself (respond, error, a nested handle, templates) or forwards:
+	// ordered merely before reverse_proxy, those would run unguarded
+	httpcaddyfile.RegisterDirectiveOrder("edge_guard", httpcaddyfile.After, "try_files")
 }
 
 // Defaults for token handling.
