@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -182,6 +183,48 @@ func FuzzOriginHandler(f *testing.F) {
 			t.Fatalf("origin %q: forwarded from a refused origin", origin)
 		case !preflight && allowed && !forwarded:
 			t.Fatalf("origin %q: allowed request not forwarded (status %d)", origin, w.Code)
+		}
+	})
+}
+
+// FuzzOriginPattern checks the load-time rule for regular expressions from
+// the attacker's side: when an accepted pattern matches an origin, the
+// same origin with a label added after its host, or with its top-level
+// domain replaced, must not match. That holds exactly when the pattern
+// fixes the end of the host, which is what the rule promises.
+func FuzzOriginPattern(f *testing.F) {
+	for _, seed := range [][2]string{
+		{`https://[a-z]+\.example\.com`, "https://ab.example.com"},
+		{`https://.+\.example\.com(:[0-9]+)?`, "https://a.b.example.com:8443"},
+		{`https?://(app|admin)\.example\.com`, "http://admin.example.com"},
+		{`http://localhost:[0-9]+`, "http://localhost:3000"},
+		{`https://pr-.\.example\.com`, "https://pr-1.example.com"},
+		{`https://app.example.com`, "https://app.example.com"},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	f.Fuzz(func(t *testing.T, pattern, origin string) {
+		list, err := newOriginAllowlist([]string{"~^" + pattern + "$"})
+		if err != nil || !list.allows(origin) {
+			return
+		}
+		scheme, rest, _ := strings.Cut(origin, "://")
+		host, port := rest, ""
+		if i := strings.LastIndexByte(rest, ':'); i >= 0 && !strings.HasSuffix(rest, "]") {
+			host, port = rest[:i], rest[i:]
+		}
+		if strings.HasPrefix(host, "[") || net.ParseIP(host) != nil {
+			return // an address has no domain to extend
+		}
+		extended := scheme + "://" + host + ".evil-fuzz.test" + port
+		if list.allows(extended) {
+			t.Fatalf("pattern %q matches %q and also %q", pattern, origin, extended)
+		}
+		if i := strings.LastIndexByte(host, '.'); i >= 0 {
+			other := scheme + "://" + host[:i] + ".evilfuzz" + port
+			if list.allows(other) {
+				t.Fatalf("pattern %q matches %q and also %q", pattern, origin, other)
+			}
 		}
 	})
 }
