@@ -307,8 +307,14 @@ func (h *Handler) provisionIssuer(ctx caddy.Context, iss *Issuer) error {
 	iss.algorithms = make(map[string]bool)
 	names := iss.Algorithms
 	if len(names) == 0 {
+		// the route's list, less what this issuer has no key for: on a
+		// route with HS256 for one issuer, another issuer's key set
+		// must not make HS256 an error, nor its tokens checked with HMAC
+		hasKeySet := iss.JWKSURL != "" || iss.Discovery || iss.JWKSFile != "" || iss.JWKS != nil
 		for alg := range h.algorithms {
-			names = append(names, alg)
+			if isHMAC(alg) && iss.HMACSecret != "" || !isHMAC(alg) && hasKeySet {
+				names = append(names, alg)
+			}
 		}
 	}
 	for _, alg := range names {
@@ -319,6 +325,9 @@ func (h *Handler) provisionIssuer(ctx caddy.Context, iss *Issuer) error {
 			return fmt.Errorf("algorithm %s needs hmac_secret", alg)
 		}
 		iss.algorithms[alg] = true
+	}
+	if len(iss.algorithms) == 0 {
+		return errors.New("none of the route's algorithms fits this issuer's keys")
 	}
 	if iss.HMACSecret != "" {
 		iss.hmacKey = &verificationKey{public: hmacSecret(iss.HMACSecret)}

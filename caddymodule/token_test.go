@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -14,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/edgeguard/edgeguard/internal/testkit"
 )
@@ -519,4 +522,41 @@ func TestMultipleIssuersUseOnlyTheirOwnKeys(t *testing.T) {
 		{"A with B's audience", testkit.MustSign(t, keyA, claims(issA, "api-b")), unauthorized, invalid},
 		{"B with A's audience", testkit.MustSign(t, keyB, claims(issB, "api-a")), unauthorized, invalid},
 	})
+}
+
+func TestIssuerAlgorithmsFollowTheirKeys(t *testing.T) {
+	keys := newKeyring(t)
+	secret := "0123456789abcdef0123456789abcdef-shared"
+	const hmacIssuer = "https://hmac.test"
+	f := guardWith(t, keys.jwks(), func(h *Handler) {
+		h.Algorithms = []string{"RS256", "ES256", "HS256"}
+		h.Issuers = append(h.Issuers, &Issuer{Issuer: hmacIssuer, HMACSecret: secret,
+			Audiences: []string{testAudience}})
+	})
+	mustHMAC := func(secret string, claims map[string]any) string {
+		token, err := testkit.SignHMAC([]byte(secret), header("HS256", ""), claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return token
+	}
+	hmacClaims := testkit.Claims(hmacIssuer, testAudience, "bob", time.Hour)
+	runTokenCases(t, f, []tokenCase{
+		{"key set issuer, RS256", testkit.MustSign(t, keys.rs1, validClaims()), passes, ""},
+		{"key set issuer, HS256", mustHMAC(secret, validClaims()), unauthorized, invalid},
+		{"secret issuer, HS256", mustHMAC(secret, hmacClaims), passes, ""},
+		{"secret issuer, RS256", testkit.MustSign(t, keys.rs1, hmacClaims), unauthorized, invalid},
+		{"secret issuer, EdDSA (not on the route)", testkit.MustSign(t, keys.ed, hmacClaims), unauthorized, invalid},
+	})
+
+	// an issuer left with no algorithm is a config error, not a route
+	// that refuses everything
+	h := &Handler{Name: "t", CORS: &CORS{AllowOrigins: []string{appOrigin}},
+		Issuers: []*Issuer{{Issuer: hmacIssuer, HMACSecret: secret, Audiences: []string{testAudience}}}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err == nil || !strings.Contains(err.Error(), "algorithms") {
+		t.Errorf("HMAC issuer on a route without HMAC algorithms: %v", err)
+	}
+	_ = h.Cleanup()
 }
