@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -226,7 +227,10 @@ func (l lines) first() int {
 // blame returns the line of the first subdirective a check's message
 // names that was given, or the line of the block itself (under its
 // directive name) when none was: the message then says what is missing.
+// Quoted values (origins, issuers, URLs) are skipped, so that a word in a
+// value is never taken for a subdirective.
 func (l lines) blame(msg, block string) int {
+	msg = quotedValue.ReplaceAllString(msg, "")
 	for _, word := range strings.FieldsFunc(msg, func(r rune) bool {
 		return r != '_' && (r < 'a' || r > 'z')
 	}) {
@@ -236,6 +240,8 @@ func (l lines) blame(msg, block string) int {
 	}
 	return l[block]
 }
+
+var quotedValue = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
 
 // errAt reports err at a line of the dispenser's file, the way the
 // dispenser's own errors do.

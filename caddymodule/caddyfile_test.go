@@ -390,6 +390,17 @@ func TestValidateRefusesUnsafeConfig(t *testing.T) {
 			want: []string{"no audience", "any_audience"},
 		},
 		{
+			name: "no audience, an issuer URL that holds a subdirective's name",
+			block: `	edge_guard {
+		name api
+		allow_origins https://app.example.com
+		issuer https://name.example.com/ { # fault
+			jwks_url https://name.example.com/jwks.json
+		}
+	}`,
+			want: []string{"no audience", `issuer "https://name.example.com/"`},
+		},
+		{
 			name: "plain-http key set on another host",
 			block: `	edge_guard {
 		allow_origins https://app.example.com
