@@ -325,7 +325,7 @@ func (s *routeSearch) matches(sets []map[string]json.RawMessage) (bool, string, 
 				if hit, err = m.MatchWithError(s.req); err != nil {
 					return false, "", fmt.Errorf("matcher %s: %w", name, err)
 				}
-			case caddyhttp.RequestMatcher: //nolint:staticcheck // older matchers
+			case caddyhttp.RequestMatcher:
 				hit = m.Match(s.req)
 			default:
 				return false, "", fmt.Errorf("matcher %s: not a request matcher", name)
