@@ -2,11 +2,18 @@ package caddymodule
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+)
+
+// the fields a preflight asks with (Fetch, "CORS-preflight request")
+const (
+	askMethod  = "Access-Control-Request-Method"
+	askHeaders = "Access-Control-Request-Headers"
 )
 
 // TestPreflightRules runs each preflight rule of the Fetch standard
@@ -23,7 +30,7 @@ func TestPreflightRules(t *testing.T) {
 	}{
 		{
 			name:    "method and headers compared case-insensitively",
-			headers: []string{"Access-Control-Request-Method", "put", "Access-Control-Request-Headers", "Content-Type,X-REQUESTED-WITH"},
+			headers: []string{askMethod, "put", askHeaders, "Content-Type,X-REQUESTED-WITH"},
 			status:  204,
 			want: map[string]string{
 				"Access-Control-Allow-Methods": "GET, POST, PUT, put",
@@ -34,14 +41,14 @@ func TestPreflightRules(t *testing.T) {
 		{
 			name:    "a method the browser does not normalise comes back as sent",
 			edit:    func(c *CORS) { c.AllowMethods = []string{"GET", "PATCH"} },
-			headers: []string{"Access-Control-Request-Method", "patch", "Access-Control-Request-Headers", "authorization"},
+			headers: []string{askMethod, "patch", askHeaders, "authorization"},
 			status:  204,
 			want:    map[string]string{"Access-Control-Allow-Methods": "GET, PATCH, patch"},
 			method:  "patch",
 		},
 		{
 			name:    "Authorization is named even when not asked for",
-			headers: []string{"Access-Control-Request-Method", "POST"},
+			headers: []string{askMethod, "POST"},
 			status:  204,
 			want: map[string]string{
 				"Access-Control-Allow-Headers":     "authorization",
@@ -52,14 +59,14 @@ func TestPreflightRules(t *testing.T) {
 		},
 		{
 			name:    "Authorization is never covered by a star",
-			headers: []string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Headers", "Authorization"},
+			headers: []string{askMethod, "GET", askHeaders, "Authorization"},
 			status:  204,
 			want:    map[string]string{"Access-Control-Allow-Headers": "authorization"},
 			method:  "GET",
 		},
 		{
 			name:    "headers split over several fields and empty items",
-			headers: []string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Headers", "content-type,,", "Access-Control-Request-Headers", " authorization "},
+			headers: []string{askMethod, "GET", askHeaders, "content-type,,", askHeaders, " authorization "},
 			status:  204,
 			want:    map[string]string{"Access-Control-Allow-Headers": "content-type, authorization"},
 			method:  "GET",
@@ -67,7 +74,7 @@ func TestPreflightRules(t *testing.T) {
 		{
 			name:    "credentials when configured",
 			edit:    func(c *CORS) { c.AllowCredentials = true },
-			headers: []string{"Access-Control-Request-Method", "GET"},
+			headers: []string{askMethod, "GET"},
 			status:  204,
 			want:    map[string]string{"Access-Control-Allow-Credentials": "true"},
 			method:  "GET",
@@ -75,7 +82,7 @@ func TestPreflightRules(t *testing.T) {
 		{
 			name:    "max age configured",
 			edit:    func(c *CORS) { c.MaxAge = caddy.Duration(time.Hour) },
-			headers: []string{"Access-Control-Request-Method", "GET"},
+			headers: []string{askMethod, "GET"},
 			status:  204,
 			want:    map[string]string{"Access-Control-Max-Age": "3600"},
 			method:  "GET",
@@ -83,14 +90,14 @@ func TestPreflightRules(t *testing.T) {
 		{
 			name:    "max age turned off",
 			edit:    func(c *CORS) { c.MaxAge = -1 },
-			headers: []string{"Access-Control-Request-Method", "GET"},
+			headers: []string{askMethod, "GET"},
 			status:  204,
 			want:    map[string]string{"Access-Control-Max-Age": ""},
 			method:  "GET",
 		},
 		{
 			name:    "private network not answered unless the route opts in",
-			headers: []string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Private-Network", "true"},
+			headers: []string{askMethod, "GET", "Access-Control-Request-Private-Network", "true"},
 			status:  204,
 			want:    map[string]string{"Access-Control-Allow-Private-Network": ""},
 			method:  "GET",
@@ -98,7 +105,7 @@ func TestPreflightRules(t *testing.T) {
 		{
 			name:    "private network answered on a route that opts in",
 			edit:    func(c *CORS) { c.AllowPrivateNetwork = true },
-			headers: []string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Private-Network", "true"},
+			headers: []string{askMethod, "GET", "Access-Control-Request-Private-Network", "true"},
 			status:  204,
 			want:    map[string]string{"Access-Control-Allow-Private-Network": "true"},
 			method:  "GET",
@@ -106,57 +113,57 @@ func TestPreflightRules(t *testing.T) {
 		{
 			name:    "private network only when asked",
 			edit:    func(c *CORS) { c.AllowPrivateNetwork = true },
-			headers: []string{"Access-Control-Request-Method", "GET"},
+			headers: []string{askMethod, "GET"},
 			status:  204,
 			want:    map[string]string{"Access-Control-Allow-Private-Network": ""},
 			method:  "GET",
 		},
 		{
 			name:    "method not allowed",
-			headers: []string{"Access-Control-Request-Method", "DELETE"},
+			headers: []string{askMethod, "DELETE"},
 			status:  403,
 			method:  "DELETE",
 		},
 		{
 			name:    "two requested methods",
-			headers: []string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Method", "PUT"},
+			headers: []string{askMethod, "GET", askMethod, "PUT"},
 			status:  403,
 			method:  "GET",
 		},
 		{
 			name:    "a list in one requested method",
-			headers: []string{"Access-Control-Request-Method", "GET, PUT"},
+			headers: []string{askMethod, "GET, PUT"},
 			status:  403,
 			method:  "GET",
 		},
 		{
 			name:    "empty requested method",
-			headers: []string{"Access-Control-Request-Method", ""},
+			headers: []string{askMethod, ""},
 			status:  403,
 			method:  "GET",
 		},
 		{
 			name:    "header not allowed",
-			headers: []string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Headers", "authorization, x-admin"},
+			headers: []string{askMethod, "GET", askHeaders, "authorization, x-admin"},
 			status:  403,
 			method:  "GET",
 		},
 		{
 			name:    "star as a requested header",
-			headers: []string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Headers", "*"},
+			headers: []string{askMethod, "GET", askHeaders, "*"},
 			status:  403,
 			method:  "GET",
 		},
 		{
 			name:    "not a header name",
-			headers: []string{"Access-Control-Request-Method", "GET", "Access-Control-Request-Headers", "content-type\x00"},
+			headers: []string{askMethod, "GET", askHeaders, "content-type\x00"},
 			status:  403,
 			method:  "GET",
 		},
 		{
 			name: "too many requested headers",
-			headers: []string{"Access-Control-Request-Method", "GET",
-				"Access-Control-Request-Headers", strings.Repeat("content-type,", maxRequestHeaders+1)},
+			headers: []string{askMethod, "GET",
+				askHeaders, strings.Repeat("content-type,", maxRequestHeaders+1)},
 			status: 403,
 			method: "GET",
 		},
@@ -216,6 +223,10 @@ func TestPreflightRules(t *testing.T) {
 func TestWhatIsAPreflight(t *testing.T) {
 	f := newFixture(t, nil)
 	token := f.token(t, nil)
+	origin := []string{"Origin", appOrigin}
+	asks := []string{askMethod, "GET"}
+	bearer := []string{"Authorization", "Bearer " + token}
+	join := func(parts ...[]string) []string { return slices.Concat(parts...) }
 	cases := []struct {
 		name     string
 		method   string
@@ -223,14 +234,14 @@ func TestWhatIsAPreflight(t *testing.T) {
 		status   int
 		forwards bool
 	}{
-		{"preflight", "OPTIONS", []string{"Origin", appOrigin, "Access-Control-Request-Method", "GET"}, 204, false},
-		{"preflight with a token is still answered here", "OPTIONS", []string{"Origin", appOrigin, "Access-Control-Request-Method", "GET", "Authorization", "Bearer " + token}, 204, false},
-		{"OPTIONS without request method, no token", "OPTIONS", []string{"Origin", appOrigin}, 401, false},
-		{"OPTIONS without request method, token", "OPTIONS", []string{"Origin", appOrigin, "Authorization", "Bearer " + token}, 200, true},
-		{"OPTIONS without origin, no token", "OPTIONS", []string{"Access-Control-Request-Method", "GET"}, 401, false},
-		{"OPTIONS without origin, token", "OPTIONS", []string{"Access-Control-Request-Method", "GET", "Authorization", "Bearer " + token}, 200, true},
-		{"GET with request method, no token", "GET", []string{"Origin", appOrigin, "Access-Control-Request-Method", "GET"}, 401, false},
-		{"lowercase options is not OPTIONS", "options", []string{"Origin", appOrigin, "Access-Control-Request-Method", "GET"}, 401, false},
+		{"preflight", "OPTIONS", join(origin, asks), 204, false},
+		{"preflight with a token is answered here", "OPTIONS", join(origin, asks, bearer), 204, false},
+		{"OPTIONS without request method, no token", "OPTIONS", origin, 401, false},
+		{"OPTIONS without request method, token", "OPTIONS", join(origin, bearer), 200, true},
+		{"OPTIONS without origin, no token", "OPTIONS", asks, 401, false},
+		{"OPTIONS without origin, token", "OPTIONS", join(asks, bearer), 200, true},
+		{"GET with request method, no token", "GET", join(origin, asks), 401, false},
+		{"lowercase options is not OPTIONS", "options", join(origin, asks), 401, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
