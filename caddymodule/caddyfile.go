@@ -199,6 +199,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		return errAt(d, line, err)
 	}
+
+	// the CORS policy compiles (on a copy: Provision compiles the real one)
+	cors := *h.CORS
+	if err := cors.provision(true); err != nil {
+		return errAt(d, at.blame(err.Error(), "edge_guard"), fmt.Errorf("route %q: %w", probe.Name, err))
+	}
 	return nil
 }
 

@@ -351,6 +351,30 @@ func TestValidateRefusesUnsafeConfig(t *testing.T) {
 			want: []string{"allow_credentials", "unrelated sites"},
 		},
 		{
+			name: "max_age beyond a day",
+			block: `	edge_guard {
+		allow_origins https://app.example.com
+		max_age 48h # fault
+		issuer https://login.example.com/ {
+			jwks_url https://login.example.com/jwks.json
+			audience items-api
+		}
+	}`,
+			want: []string{"max_age", "longer than 24h"},
+		},
+		{
+			name: "any header",
+			block: `	edge_guard {
+		allow_origins https://app.example.com
+		issuer https://login.example.com/ {
+			jwks_url https://login.example.com/jwks.json
+			audience items-api
+		}
+		allow_headers * # fault
+	}`,
+			want: []string{"allow_headers", `"*" is not supported`},
+		},
+		{
 			name: "no issuer",
 			block: `	edge_guard { # fault
 		allow_origins https://app.example.com
