@@ -7,8 +7,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/compose-spec/compose-go/v2/loader"
@@ -357,5 +360,104 @@ func TestComposeGatewayConfigValidates(t *testing.T) {
 	}
 	if err := caddy.Validate(cfg); err != nil {
 		t.Fatalf("caddy validate %s: %v", caddyfile, err)
+	}
+}
+
+// TestComposeSidecarServes runs the gateway's config from the compose file
+// for real, on loopback: the container's environment, the mounted key set
+// read from the repository, the example Flask app as the api service, and
+// a token signed with the demo key, as deploy/mint-demo-token makes them.
+func TestComposeSidecarServes(t *testing.T) {
+	project := loadCompose(t)
+	gateway := composeService(t, project, "gateway")
+	command, _ := dockerfileCommand(t, filepath.Join(gateway.Build.Context, gateway.Build.Dockerfile))
+	caddyfile := mountSource(t, gateway, flagValue(command, "--config"))
+	env := serviceEnv(gateway)
+	env["EDGEGUARD_JWKS_FILE"] = mountSource(t, gateway, env["EDGEGUARD_JWKS_FILE"])
+
+	flask := testkit.MustStartFlask(t)
+	env["EDGEGUARD_UPSTREAM"] = flask.Addr
+	metricsAddr := "127.0.0.1:" + strconv.Itoa(testkit.MustFreePort(t))
+	env["EDGEGUARD_METRICS_PORT"] = metricsAddr[len("127.0.0.1:"):]
+	src, err := os.ReadFile(caddyfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := testkit.StartGateway(src, caddyfile, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Stop)
+
+	// the demo key, as the mint script uses it
+	pemData, err := os.ReadFile(filepath.Join("deploy", "demo-signing-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(pemData)
+	private, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	demo := &testkit.Key{Kid: "demo-1", Alg: "RS256", Private: private.(*rsa.PrivateKey)}
+	mint := func(subject string, roles ...string) string {
+		claims := testkit.Claims(env["EDGEGUARD_ISSUER"], env["EDGEGUARD_AUDIENCE"], subject, time.Hour)
+		claims["roles"] = roles
+		return testkit.MustSign(t, demo, claims)
+	}
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	tests := []struct {
+		name    string
+		path    string
+		token   string
+		status  int
+		reaches string // the X-User-Id the app sees, "" when it sees nothing
+	}{
+		{"reader on the public API", "/api/public/items", mint("compose-alice", "reader"), 200, "compose-alice"},
+		{"no token", "/api/public/items", "", 401, ""},
+		{"reader on the admin API", "/api/admin/stats", mint("compose-bob", "reader"), 403, ""},
+		{"admin on the admin API", "/api/admin/stats", mint("compose-carol", "admin"), 200, "compose-carol"},
+		{"outside the API", "/_edgeguard/requests", mint("compose-dave", "admin"), 404, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			testkit.MustReset(t, flask)
+			req, _ := http.NewRequest("GET", g.URL+tt.path, nil)
+			req.Header.Set("Origin", "https://app.example.com")
+			if strings.HasPrefix(tt.path, "/api/admin/") {
+				req.Header.Set("Origin", "https://admin.example.com")
+			}
+			req.Header.Set("X-User-Id", "forged")
+			if tt.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tt.token)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tt.status {
+				t.Errorf("status %d, want %d", resp.StatusCode, tt.status)
+			}
+			seen := testkit.MustRequests(t, flask)
+			switch {
+			case tt.reaches == "" && len(seen) != 0:
+				t.Errorf("the app saw %d requests, want none", len(seen))
+			case tt.reaches != "" && (len(seen) != 1 || !slices.Equal(seen[0].Header("X-User-Id"), []string{tt.reaches})):
+				t.Errorf("the app saw %+v, want one request with X-User-Id %s", seen, tt.reaches)
+			}
+		})
+	}
+
+	// the metrics site answers with the gateway's decisions
+	resp, err := client.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `edgeguard_decisions_total{reason="missing_role",route="admin"} 1`) {
+		t.Errorf("the metrics site does not count the admin route's refusal:\n%.2000s", body)
 	}
 }
