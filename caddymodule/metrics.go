@@ -26,6 +26,10 @@ var (
 		Name:      "token_cache_lookups_total",
 		Help:      "Verified-token cache lookups, by route and result (hit or miss).",
 	}, []string{"route", "result"})
+	// TODO: drop a key set's series when its source is destructed, as
+	// routes do; until then they stay for the process's life, which is
+	// safe because their number is that of the key set locations
+	// configured since the start.
 	jwksFetchesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "edgeguard",
 		Name:      "jwks_fetches_total",
