@@ -160,8 +160,9 @@ type keySourceEvents interface {
 }
 
 type fetchCall struct {
-	done chan struct{}
-	err  error
+	done    chan struct{}
+	err     error
+	started time.Time
 }
 
 func newKeySource(cfg keySourceConfig, logger *zap.Logger, events keySourceEvents) *keySource {
@@ -270,16 +271,29 @@ func (s *keySource) keysForKid(ctx context.Context, kid string) (*keySnapshot, e
 	}
 	s.mu.Unlock()
 
-	call := s.startFetch(false)
-	if call == nil {
-		return snap, ErrUnknownKeyID
-	}
-	s.wait(ctx, call)
-	if fresh := s.current(); fresh != nil {
-		snap = fresh
-	}
-	if snap.keys.hasKid(kid) {
-		return snap, nil
+	for attempt := 0; ; attempt++ {
+		asked := s.now()
+		call := s.startFetch(false)
+		if call == nil {
+			// rate-limited; a fetch may have brought the kid since snap
+			if fresh := s.current(); fresh != nil && fresh.keys.hasKid(kid) {
+				return fresh, nil
+			}
+			return snap, ErrUnknownKeyID
+		}
+		s.wait(ctx, call)
+		if fresh := s.current(); fresh != nil {
+			snap = fresh
+		}
+		if snap.keys.hasKid(kid) {
+			return snap, nil
+		}
+		// a fetch that was already running when the kid was asked for may
+		// hold the key set from before the key was published: its answer
+		// is no reason to refuse the kid for a minute, so ask once more
+		if attempt > 0 || !call.started.Before(asked) {
+			break
+		}
 	}
 
 	s.mu.Lock()
@@ -314,7 +328,7 @@ func (s *keySource) startFetch(scheduled bool) *fetchCall {
 		return nil
 	}
 	s.lastFetch = now
-	call := &fetchCall{done: make(chan struct{})}
+	call := &fetchCall{done: make(chan struct{}), started: now}
 	s.inflight = call
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.config.FetchTimeout)
