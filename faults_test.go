@@ -529,6 +529,30 @@ func TestFaultKeyRotationUnderLoad(t *testing.T) {
 	}
 }
 
+// TestFaultKeyPublishedDuringRefresh: a token of a new key arrives while
+// a refresh that began before the key was published is still running. Its
+// answer lacks the key; the token must still pass once the key set that
+// has it can be fetched, not be refused for as long as the negative cache
+// lasts.
+func TestFaultKeyPublishedDuringRefresh(t *testing.T) {
+	oldKey := testkit.MustRSAKey(t, "2026-old")
+	newKey := testkit.MustRSAKey(t, "2026-new")
+	jwks := testkit.StartJWKS(t, oldKey)
+	s := startFaultGateway(t, jwks, oldKey, faultConfig{
+		refreshMin: "200ms", refreshMax: "200ms", refetchInterval: "100ms",
+	})
+	assertForwarded(t, s.get(t, appOrigin, s.mint(t, oldKey, "alice")), "alice")
+
+	// hold the next scheduled refresh, with the old key set in its answer
+	jwks.SetDelay(time.Second)
+	before := jwks.Fetches()
+	waitForFetches(t, jwks, before, 1)
+	jwks.SetDelay(0)
+	jwks.SetKeys(oldKey, newKey)
+
+	assertForwarded(t, s.get(t, appOrigin, s.mint(t, newKey, "bob")), "bob")
+}
+
 // TestFaultUpstreamDown: when the upstream cannot be reached, an allowed
 // origin gets the proxy's 502 with the gateway's CORS headers, so the page
 // can tell the API is down; other refusals stay what they were.
