@@ -391,9 +391,13 @@ func TestKeySetFetcherSharedAcrossRoutesAndReloads(t *testing.T) {
 		t.Fatalf("five routes naming one key set fetched it %d times, want 1", n)
 	}
 
-	// a reload that keeps the issuer, with another policy around it
-	for i, origin := range []string{"https://beta.example.com", "https://gamma.example.com", ""} {
-		s.env["ATTACK_EXTRA_ORIGIN"] = origin
+	// reloads that keep the issuer, with another policy around it and
+	// other refresh settings for its key set
+	for i, step := range []struct{ origin, refetch string }{
+		{"https://beta.example.com", "1m"}, {"https://gamma.example.com", "2m"}, {"", "30s"},
+	} {
+		s.env["ATTACK_EXTRA_ORIGIN"] = step.origin
+		s.env["ATTACK_REFETCH_INTERVAL"] = step.refetch
 		if err := s.gateway.Reload([]byte(attackCaddyfile), "Caddyfile.attack", s.env); err != nil {
 			t.Fatalf("reload %d: %v", i, err)
 		}

@@ -356,7 +356,7 @@ func (h *Handler) provisionIssuer(ctx caddy.Context, iss *Issuer) error {
 	iss.poolKey = cfg.poolKey()
 	logger := ctx.Logger().Named("jwks")
 	events := sharedEvents(ctx)
-	value, _, err := keySources.LoadOrNew(iss.poolKey, func() (caddy.Destructor, error) {
+	value, loaded, err := keySources.LoadOrNew(iss.poolKey, func() (caddy.Destructor, error) {
 		source := newKeySource(cfg, logger, events)
 		if err := source.start(); err != nil {
 			return nil, err
@@ -368,6 +368,9 @@ func (h *Handler) provisionIssuer(ctx caddy.Context, iss *Issuer) error {
 		return err
 	}
 	iss.source = value.(*keySource)
+	if loaded {
+		iss.source.reconfigure(cfg)
+	}
 	return nil
 }
 

@@ -48,14 +48,16 @@ var (
 	ErrInsecureKeySetURL = errors.New("key set URL must use https")
 )
 
-// keySources holds one keySource per key set location and settings, for
-// the whole process. Caddy's usage pool keeps an entry alive while any
-// loaded config uses it, so a reload that keeps the same issuer reuses the
-// fetched keys instead of fetching again.
+// keySources holds one keySource per key set location, for the whole
+// process. Caddy's usage pool keeps an entry alive while any loaded config
+// uses it, so a reload that keeps the same issuer reuses the fetched keys
+// instead of fetching again, and routes that name the same key set share
+// one fetcher whatever their other settings.
 var keySources = caddy.NewUsagePool()
 
 // keySourceConfig says where a key set comes from and how it is kept
-// fresh. Two routes with the same config share one keySource.
+// fresh. Routes with the same location share one keySource; the settings
+// of the config loaded last apply to it.
 type keySourceConfig struct {
 	URL             string        // JWKS URL, fetched over HTTP
 	DiscoveryIssuer string        // find jwks_uri through OIDC discovery
@@ -69,11 +71,18 @@ type keySourceConfig struct {
 	AllowHTTP       bool
 }
 
+// poolKey identifies the key set by its location alone.
 func (c keySourceConfig) poolKey() string {
 	sum := sha256.Sum256(c.Inline)
-	return fmt.Sprintf("url=%s|disc=%s|file=%s|inline=%x|%s|%s|%s|%s|%s|%t",
-		c.URL, c.DiscoveryIssuer, c.File, sum[:8], c.RefreshMin, c.RefreshMax,
-		c.MaxStale, c.FetchTimeout, c.RefetchInterval, c.AllowHTTP)
+	return fmt.Sprintf("url=%s|disc=%s|file=%s|inline=%x", c.URL, c.DiscoveryIssuer, c.File, sum[:8])
+}
+
+// sameSettings reports whether c and o keep the key set fresh the same
+// way; their location is the same by construction.
+func (c *keySourceConfig) sameSettings(o *keySourceConfig) bool {
+	return c.RefreshMin == o.RefreshMin && c.RefreshMax == o.RefreshMax && c.MaxStale == o.MaxStale &&
+		c.FetchTimeout == o.FetchTimeout && c.RefetchInterval == o.RefetchInterval &&
+		c.AllowHTTP == o.AllowHTTP
 }
 
 // describe names the source in logs and metrics; never holds secrets.
@@ -134,11 +143,11 @@ type keySnapshot struct {
 // kids at most every RefetchInterval, and the last good keys kept through
 // failures for up to MaxStale.
 type keySource struct {
-	config keySourceConfig
-	client *http.Client
-	logger *zap.Logger
-	now    func() time.Time
-	events keySourceEvents
+	settings atomic.Pointer[keySourceConfig]
+	client   *http.Client
+	logger   *zap.Logger
+	now      func() time.Time
+	events   keySourceEvents
 
 	snapshot  atomic.Pointer[keySnapshot]
 	mu        sync.Mutex
@@ -151,6 +160,7 @@ type keySource struct {
 
 	cancel context.CancelFunc
 	done   chan struct{}
+	wake   chan struct{} // new settings: the refresh loop recomputes its wait
 }
 
 // keySourceEvents receives what a keySource does, for metrics.
@@ -167,31 +177,52 @@ type fetchCall struct {
 
 func newKeySource(cfg keySourceConfig, logger *zap.Logger, events keySourceEvents) *keySource {
 	s := &keySource{
-		config:   cfg,
 		logger:   logger,
 		now:      time.Now,
 		events:   events,
 		negative: make(map[string]time.Time),
 		done:     make(chan struct{}),
+		wake:     make(chan struct{}, 1),
 	}
+	s.settings.Store(&cfg)
+	// every fetch runs under a context with the fetch timeout, which
+	// bounds dialling, TLS, headers and body alike and follows the
+	// settings when a reload changes them
 	s.client = &http.Client{
-		Timeout: cfg.FetchTimeout,
 		Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: cfg.FetchTimeout}).DialContext,
-			TLSHandshakeTimeout:   cfg.FetchTimeout,
-			ResponseHeaderTimeout: cfg.FetchTimeout,
-			MaxIdleConns:          2,
-			IdleConnTimeout:       90 * time.Second,
+			Proxy:           http.ProxyFromEnvironment,
+			MaxIdleConns:    2,
+			IdleConnTimeout: 90 * time.Second,
 		},
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= 3 {
 				return errors.New("too many redirects")
 			}
-			return checkKeySetURL(req.URL.String(), cfg.AllowHTTP)
+			return checkKeySetURL(req.URL.String(), s.cfg().AllowHTTP)
 		},
 	}
 	return s
+}
+
+// cfg returns the settings in force.
+func (s *keySource) cfg() *keySourceConfig { return s.settings.Load() }
+
+// reconfigure applies the settings of a config that names this key set
+// again, on another route or after a reload: the config loaded last wins.
+func (s *keySource) reconfigure(cfg keySourceConfig) {
+	old := s.settings.Swap(&cfg)
+	if old.sameSettings(&cfg) {
+		return
+	}
+	if c := s.logger.Check(zap.InfoLevel, "key set settings changed"); c != nil {
+		c.Write(zap.String("key_set", cfg.describe()), zap.Duration("refresh_min", cfg.RefreshMin),
+			zap.Duration("refresh_max", cfg.RefreshMax), zap.Duration("max_stale", cfg.MaxStale),
+			zap.Duration("refetch_interval", cfg.RefetchInterval))
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // start loads the keys once from local sources, or begins fetching remote
@@ -200,7 +231,7 @@ func newKeySource(cfg keySourceConfig, logger *zap.Logger, events keySourceEvent
 func (s *keySource) start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	if s.config.URL == "" && s.config.DiscoveryIssuer == "" {
+	if s.cfg().URL == "" && s.cfg().DiscoveryIssuer == "" {
 		close(s.done)
 		return s.load(ctx)
 	}
@@ -224,13 +255,16 @@ func (s *keySource) current() *keySnapshot {
 	if snap == nil {
 		return nil
 	}
-	if s.config.MaxStale > 0 && s.now().Sub(snap.loaded) > s.config.MaxStale && s.remote() {
+	if maxStale := s.cfg().MaxStale; maxStale > 0 && s.now().Sub(snap.loaded) > maxStale && s.remote() {
 		return nil
 	}
 	return snap
 }
 
-func (s *keySource) remote() bool { return s.config.URL != "" || s.config.DiscoveryIssuer != "" }
+func (s *keySource) remote() bool {
+	cfg := s.cfg()
+	return cfg.URL != "" || cfg.DiscoveryIssuer != ""
+}
 
 // keys returns usable keys, waiting for a fetch in flight or starting one
 // (within the refetch rate limit) when there are none yet.
@@ -324,14 +358,14 @@ func (s *keySource) startFetch(scheduled bool) *fetchCall {
 	// every fetch counts towards the limit: keys fetched a moment ago by
 	// the scheduled refresh are as fresh as a refetch would make them
 	now := s.now()
-	if !scheduled && !s.lastFetch.IsZero() && now.Sub(s.lastFetch) < s.config.RefetchInterval {
+	if !scheduled && !s.lastFetch.IsZero() && now.Sub(s.lastFetch) < s.cfg().RefetchInterval {
 		return nil
 	}
 	s.lastFetch = now
 	call := &fetchCall{done: make(chan struct{}), started: now}
 	s.inflight = call
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), s.config.FetchTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg().FetchTimeout)
 		defer cancel()
 		call.err = s.load(ctx)
 		s.mu.Lock()
@@ -372,11 +406,13 @@ func (s *keySource) refreshLoop(ctx context.Context) {
 				continue
 			}
 			failures++
-			wait = min(time.Second<<min(failures-1, 10), maxRetryBackoff, s.config.RefreshMin)
+			wait = min(time.Second<<min(failures-1, 10), maxRetryBackoff, s.cfg().RefreshMin)
 		}
 		timer := time.NewTimer(wait)
 		select {
 		case <-timer.C:
+		case <-s.wake:
+			timer.Stop()
 		case <-ctx.Done():
 			timer.Stop()
 			return
@@ -397,13 +433,14 @@ func (s *keySource) freshFor() time.Duration {
 // nextRefresh is the delay before the next scheduled fetch, taken from
 // the last response's Cache-Control max-age within the configured bounds.
 func (s *keySource) nextRefresh() time.Duration {
+	cfg := s.cfg()
 	s.mu.Lock()
 	d := s.maxAge
 	s.mu.Unlock()
 	if d <= 0 {
-		d = min(defaultRefresh, s.config.RefreshMax)
+		d = min(defaultRefresh, cfg.RefreshMax)
 	}
-	return max(s.config.RefreshMin, min(d, s.config.RefreshMax))
+	return max(cfg.RefreshMin, min(d, cfg.RefreshMax))
 }
 
 // load fetches or reads the key set and publishes it if it is good. A
@@ -414,7 +451,7 @@ func (s *keySource) load(ctx context.Context) error {
 		err = s.publish(data)
 	}
 	if s.events != nil {
-		s.events.fetched(s.config.describe(), err)
+		s.events.fetched(s.cfg().describe(), err)
 	}
 	if err != nil {
 		s.logFailure(err)
@@ -444,13 +481,13 @@ func (s *keySource) publish(data []byte) error {
 	}
 	if old == nil || old.digest != digest {
 		if c := s.logger.Check(zap.InfoLevel, "key set loaded"); c != nil {
-			c.Write(zap.String("key_set", s.config.describe()),
+			c.Write(zap.String("key_set", s.cfg().describe()),
 				zap.Int("keys", len(keys.all)), zap.Strings("skipped", skipped))
 		}
 	}
 	s.snapshot.Store(next)
 	if s.events != nil {
-		s.events.keysLoaded(s.config.describe(), now)
+		s.events.keysLoaded(s.cfg().describe(), now)
 	}
 	return nil
 }
@@ -459,24 +496,24 @@ func (s *keySource) logFailure(err error) {
 	snap := s.snapshot.Load()
 	if snap == nil {
 		if c := s.logger.Check(zap.ErrorLevel, "key set unavailable; requests get 503 until it loads"); c != nil {
-			c.Write(zap.String("key_set", s.config.describe()), zap.Error(err))
+			c.Write(zap.String("key_set", s.cfg().describe()), zap.Error(err))
 		}
 		return
 	}
 	age := s.now().Sub(snap.loaded)
 	if c := s.logger.Check(zap.WarnLevel, "key set refresh failed; serving the last good keys"); c != nil {
-		c.Write(zap.String("key_set", s.config.describe()), zap.Error(err),
-			zap.Duration("key_age", age), zap.Duration("max_stale", s.config.MaxStale))
+		c.Write(zap.String("key_set", s.cfg().describe()), zap.Error(err),
+			zap.Duration("key_age", age), zap.Duration("max_stale", s.cfg().MaxStale))
 	}
 	s.mu.Lock()
-	expired := s.config.MaxStale > 0 && age > s.config.MaxStale && !s.staleLog
+	expired := s.cfg().MaxStale > 0 && age > s.cfg().MaxStale && !s.staleLog
 	if expired {
 		s.staleLog = true
 	}
 	s.mu.Unlock()
 	if expired {
 		if c := s.logger.Check(zap.ErrorLevel, "last good keys are older than max_stale; requests get 503"); c != nil {
-			c.Write(zap.String("key_set", s.config.describe()), zap.Duration("key_age", age))
+			c.Write(zap.String("key_set", s.cfg().describe()), zap.Duration("key_age", age))
 		}
 	}
 }
@@ -484,17 +521,17 @@ func (s *keySource) logFailure(err error) {
 // read returns the raw key set and the max-age its server asked for.
 func (s *keySource) read(ctx context.Context) ([]byte, time.Duration, error) {
 	switch {
-	case s.config.Inline != nil:
-		return s.config.Inline, 0, nil
-	case s.config.File != "":
-		data, err := os.ReadFile(s.config.File)
+	case s.cfg().Inline != nil:
+		return s.cfg().Inline, 0, nil
+	case s.cfg().File != "":
+		data, err := os.ReadFile(s.cfg().File)
 		if err != nil {
 			return nil, 0, fmt.Errorf("reading key set: %w", err)
 		}
 		return data, 0, nil
 	}
 
-	target := s.config.URL
+	target := s.cfg().URL
 	if target == "" {
 		var err error
 		if target, err = s.discover(ctx); err != nil {
@@ -503,7 +540,7 @@ func (s *keySource) read(ctx context.Context) ([]byte, time.Duration, error) {
 	}
 	data, header, err := s.get(ctx, target, "application/jwk-set+json, application/json")
 	if err != nil {
-		if s.config.DiscoveryIssuer != "" {
+		if s.cfg().DiscoveryIssuer != "" {
 			// the issuer may have moved its keys; look again next time
 			s.mu.Lock()
 			s.jwksURI = ""
@@ -524,7 +561,7 @@ func (s *keySource) discover(ctx context.Context) (string, error) {
 		return known, nil
 	}
 
-	issuer := s.config.DiscoveryIssuer
+	issuer := s.cfg().DiscoveryIssuer
 	data, _, err := s.get(ctx, strings.TrimSuffix(issuer, "/")+"/.well-known/openid-configuration",
 		"application/json")
 	if err != nil {
@@ -544,7 +581,7 @@ func (s *keySource) discover(ctx context.Context) (string, error) {
 	if meta.JWKSURI == "" {
 		return "", errors.New("discovery: metadata has no jwks_uri")
 	}
-	if err := checkKeySetURL(meta.JWKSURI, s.config.AllowHTTP); err != nil {
+	if err := checkKeySetURL(meta.JWKSURI, s.cfg().AllowHTTP); err != nil {
 		return "", fmt.Errorf("discovery: %w", err)
 	}
 	s.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/edgeguard/edgeguard/internal/testkit"
@@ -74,7 +75,7 @@ func mustKeys(t *testing.T, s *keySource) *keySnapshot {
 // after moving the clock past the rate limit.
 func refetch(t *testing.T, s *keySource, clock *fakeClock) {
 	t.Helper()
-	clock.Advance(s.config.RefetchInterval)
+	clock.Advance(s.cfg().RefetchInterval)
 	call := s.startFetch(false)
 	if call == nil {
 		t.Fatal("refetch refused by the rate limit")
@@ -108,7 +109,7 @@ func TestKeySourceStartsWhileIssuerIsDown(t *testing.T) {
 	}
 
 	jwks.SetStatus(0)
-	clock.Advance(s.config.RefetchInterval)
+	clock.Advance(s.cfg().RefetchInterval)
 	assertKids(t, mustKeys(t, s), "k1")
 }
 
@@ -186,7 +187,7 @@ func TestKeySourceServesStaleKeysUpToMaxStale(t *testing.T) {
 
 	// the issuer comes back: the next allowed fetch restores service
 	jwks.SetStatus(0)
-	clock.Advance(s.config.RefetchInterval)
+	clock.Advance(s.cfg().RefetchInterval)
 	assertKids(t, mustKeys(t, s), "k1")
 }
 
@@ -225,9 +226,9 @@ func TestUnknownKidFloodIsRateLimited(t *testing.T) {
 		fetches int
 	}{
 		{"right after a fetch", 0, 0, 0},
-		{"interval passed, slow issuer", s.config.RefetchInterval, 200 * time.Millisecond, 1},
-		{"again within the interval", s.config.RefetchInterval / 2, 0, 0},
-		{"interval passed again", s.config.RefetchInterval, 0, 1},
+		{"interval passed, slow issuer", s.cfg().RefetchInterval, 200 * time.Millisecond, 1},
+		{"again within the interval", s.cfg().RefetchInterval / 2, 0, 0},
+		{"interval passed again", s.cfg().RefetchInterval, 0, 1},
 	}
 	for _, tc := range cases {
 		clock.Advance(tc.advance)
@@ -251,7 +252,7 @@ func TestNewKidIsFetchedOnceAndRemembered(t *testing.T) {
 
 	// a kid that is still unknown after its refetch is remembered: asking
 	// again later costs nothing until the negative entry expires
-	clock.Advance(s.config.RefetchInterval)
+	clock.Advance(s.cfg().RefetchInterval)
 	base := jwks.Fetches()
 	if _, err := s.keysForKid(context.Background(), "k2"); !errors.Is(err, ErrUnknownKeyID) {
 		t.Fatalf("k2 before rotation: %v", err)
@@ -260,7 +261,7 @@ func TestNewKidIsFetchedOnceAndRemembered(t *testing.T) {
 		t.Fatalf("unknown kid cost %d fetches, want 1", jwks.Fetches()-base)
 	}
 	jwks.SetKeys(k1, k2)
-	clock.Advance(s.config.RefetchInterval)
+	clock.Advance(s.cfg().RefetchInterval)
 	if _, err := s.keysForKid(context.Background(), "k2"); !errors.Is(err, ErrUnknownKeyID) {
 		t.Fatalf("k2 within the negative cache: %v", err)
 	}
@@ -393,5 +394,51 @@ func TestKeySetURLTransport(t *testing.T) {
 		if !tc.ok && strings.HasPrefix(tc.url, "http://") && !errors.Is(err, ErrInsecureKeySetURL) {
 			t.Errorf("%s: %v does not wrap ErrInsecureKeySetURL", tc.url, err)
 		}
+	}
+}
+
+func TestRoutesShareOneFetcherWhateverTheirSettings(t *testing.T) {
+	jwks := testkit.StartJWKS(t, testkit.MustRSAKey(t, "k1"))
+	first := newFixture(t, func(h *Handler) { h.Issuers[0].JWKSURL = jwks.URL })
+	second := newFixture(t, func(h *Handler) {
+		h.Issuers[0].JWKSURL = jwks.URL
+		h.Issuers[0].RefetchInterval = caddy.Duration(time.Minute)
+		h.Issuers[0].MaxStale = caddy.Duration(time.Hour)
+	})
+	src := first.h.issuers[testIssuer].source
+	if src != second.h.issuers[testIssuer].source {
+		t.Fatal("two routes naming one key set got two fetchers")
+	}
+
+	if got := src.cfg(); got.RefetchInterval != time.Minute || got.MaxStale != time.Hour {
+		t.Errorf("settings %+v, want the second route's, loaded last", got)
+	}
+}
+
+func TestKeySourceFollowsNewSettings(t *testing.T) {
+	clock := newFakeClock()
+	jwks := testkit.StartJWKS(t, testkit.MustRSAKey(t, "k1"))
+	cfg := keySourceConfig{URL: jwks.URL, RefreshMin: time.Minute, RefreshMax: time.Hour,
+		MaxStale: time.Hour, FetchTimeout: 5 * time.Second, RefetchInterval: 10 * time.Second}
+	s := startSource(t, cfg, clock)
+	mustKeys(t, s)
+
+	// a reload lengthens the refetch interval and shortens max_stale
+	cfg.RefetchInterval, cfg.MaxStale = time.Minute, 30*time.Minute
+	s.reconfigure(cfg)
+	clock.Advance(10 * time.Second)
+	if s.startFetch(false) != nil {
+		t.Error("a refetch ran after the old interval")
+	}
+	jwks.SetStatus(http.StatusInternalServerError)
+	clock.Advance(time.Minute)
+	call := s.startFetch(false)
+	if call == nil {
+		t.Fatal("no refetch after the new interval")
+	}
+	<-call.done
+	clock.Advance(30 * time.Minute)
+	if _, err := s.keys(context.Background()); !errors.Is(err, ErrKeysUnavailable) {
+		t.Errorf("keys past the new max_stale: %v", err)
 	}
 }

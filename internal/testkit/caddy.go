@@ -31,8 +31,17 @@ type Gateway struct {
 // AdaptCaddyfile turns a Caddyfile into Caddy's JSON config. Environment
 // placeholders ({$NAME}) are read from env first, then the process.
 func AdaptCaddyfile(caddyfile []byte, filename string, env map[string]string) ([]byte, error) {
+	// the adapter reads {$NAME} from the process environment; what is set
+	// for one adapt is put back afterwards, so that a later test's
+	// defaults ({$NAME:default}) are not another test's leftovers
 	for name, value := range env {
+		old, had := os.LookupEnv(name)
 		os.Setenv(name, value)
+		if had {
+			defer os.Setenv(name, old)
+		} else {
+			defer os.Unsetenv(name)
+		}
 	}
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	if adapter == nil {
