@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +19,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/edgeguard/edgeguard/internal/testkit"
 )
@@ -440,5 +445,116 @@ func TestKeySourceFollowsNewSettings(t *testing.T) {
 	clock.Advance(30 * time.Minute)
 	if _, err := s.keys(context.Background()); !errors.Is(err, ErrKeysUnavailable) {
 		t.Errorf("keys past the new max_stale: %v", err)
+	}
+}
+
+func TestLocalKeySets(t *testing.T) {
+	key := testkit.MustEdKey(t, "local")
+	doc, err := json.Marshal(map[string]any{"keys": []any{key.PublicJWK()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(file, doc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	token := testkit.MustSign(t, key, validClaims())
+	for name, set := range map[string]func(iss *Issuer){
+		"file":   func(iss *Issuer) { iss.JWKSFile = file },
+		"inline": func(iss *Issuer) { iss.JWKS = doc },
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, func(h *Handler) {
+				h.Issuers[0].JWKSURL = ""
+				set(h.Issuers[0])
+			})
+			if w := f.serve(t, request("GET", "/", "Authorization", "Bearer "+token)); w.Code != 200 {
+				t.Errorf("status %d", w.Code)
+			}
+			other := testkit.MustSign(t, testkit.MustEdKey(t, "local"), validClaims())
+			if w := f.serve(t, request("GET", "/", "Authorization", "Bearer "+other)); w.Code != 401 {
+				t.Errorf("token of another key: status %d", w.Code)
+			}
+		})
+	}
+}
+
+// TestUnsafeKeySetConfigRefused checks that Provision refuses, before any
+// fetch, what the key set rules forbid. No URL here is ever dialled.
+func TestUnsafeKeySetConfigRefused(t *testing.T) {
+	cases := []struct {
+		name  string
+		set   func(iss *Issuer)
+		error string
+	}{
+		{"plain http to another host", func(iss *Issuer) { iss.JWKSURL = "http://login.example.com/jwks.json" }, "https"},
+		{"plain http discovery", func(iss *Issuer) {
+			iss.JWKSURL, iss.Issuer, iss.Discovery = "", "http://login.example.com", true
+		}, "https"},
+		{"inline set without a usable key", func(iss *Issuer) {
+			iss.JWKSURL, iss.JWKS = "", json.RawMessage(`{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}`)
+		}, "usable"},
+		{"inline set that is not a key set", func(iss *Issuer) { iss.JWKSURL, iss.JWKS = "", json.RawMessage(`[]`) }, "JSON Web Key Set"},
+		{"missing file", func(iss *Issuer) { iss.JWKSURL, iss.JWKSFile = "", "/nonexistent/jwks.json" }, "reading"},
+		{"two key sets", func(iss *Issuer) { iss.JWKSFile = "/nonexistent/jwks.json" }, "one key set"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &Handler{Name: "t", CORS: &CORS{AllowOrigins: []string{appOrigin}},
+				Issuers: []*Issuer{{Issuer: testIssuer, JWKSURL: "https://login.example.com/jwks.json",
+					Audiences: []string{testAudience}}}}
+			tc.set(h.Issuers[0])
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			err := h.Provision(ctx)
+			_ = h.Cleanup()
+			if err == nil || !strings.Contains(err.Error(), tc.error) {
+				t.Errorf("error %v, want one saying %q", err, tc.error)
+			}
+		})
+	}
+	// with allow_http, plain http to another host is the operator's call
+	if err := (&Issuer{Issuer: testIssuer, JWKSURL: "http://login.example.com/jwks.json",
+		AllowHTTP: true, Audiences: []string{testAudience}}).check(); err != nil {
+		t.Errorf("allow_http: %v", err)
+	}
+}
+
+func TestKeySetTroubleIsLogged(t *testing.T) {
+	clock := newFakeClock()
+	jwks := testkit.StartJWKS(t, testkit.MustRSAKey(t, "k1"))
+	core, logs := observer.New(zap.InfoLevel)
+	s := newKeySource(keySourceConfig{URL: jwks.URL, RefreshMin: time.Minute, RefreshMax: time.Hour,
+		MaxStale: time.Hour, FetchTimeout: 5 * time.Second, RefetchInterval: 10 * time.Second},
+		zap.New(core), nil)
+	s.now = clock.Now
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Destruct() })
+	mustKeys(t, s)
+
+	jwks.SetStatus(http.StatusBadGateway)
+	refetch(t, s, clock)
+	clock.Advance(2 * time.Hour)
+	refetch(t, s, clock)
+
+	want := []struct {
+		level   zapcore.Level
+		message string
+	}{
+		{zap.InfoLevel, "key set loaded"},
+		{zap.WarnLevel, "key set refresh failed; serving the last good keys"},
+		{zap.ErrorLevel, "last good keys are older than max_stale; requests get 503"},
+	}
+	for _, w := range want {
+		if logs.FilterLevelExact(w.level).FilterMessage(w.message).Len() == 0 {
+			t.Errorf("no %s log %q", w.level, w.message)
+		}
+	}
+	for _, entry := range logs.All() {
+		if entry.ContextMap()["key_set"] != jwks.URL {
+			t.Errorf("log %q does not name the key set", entry.Message)
+		}
 	}
 }
