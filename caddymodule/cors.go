@@ -176,9 +176,9 @@ func (c *CORS) answerPreflight(h http.Header, r *http.Request, origin string) pr
 	h["Access-Control-Allow-Origin"] = c.origins.headerValue(origin)
 	h["Access-Control-Allow-Methods"] = c.methodsValue
 	if _, listed := c.methods[method]; !listed {
-		// the browser compares methods byte for byte (Fetch, "CORS-preflight
-		// fetch"), so a method it did not normalise, such as
-		// "patch", must come back spelt as it was asked for
+		// the browser compares methods byte for byte (Fetch,
+		// "CORS-preflight fetch"), so a method it did not normalise,
+		// such as "patch", must come back spelt as it was asked for
 		h["Access-Control-Allow-Methods"] = []string{c.methodsValue[0] + ", " + method}
 	}
 	if requested != "" {
@@ -198,8 +198,8 @@ func (c *CORS) answerPreflight(h http.Header, r *http.Request, origin string) pr
 
 // requestedHeaders checks the Access-Control-Request-Headers values and
 // returns the lowercase list to echo back. Authorization is always named
-// explicitly, whether asked for or not, because "*" never covers it (Fetch,
-// "CORS-preflight fetch"): a cached answer then also serves the
+// explicitly, whether asked for or not, because "*" never covers it
+// (Fetch, "CORS-preflight fetch"): a cached answer then also serves the
 // page's next request that carries a token.
 func (c *CORS) requestedHeaders(values []string) (string, bool) {
 	var b strings.Builder
