@@ -308,6 +308,28 @@ func TestCORSThroughReverseProxy(t *testing.T) {
 		})
 	}
 
+	t.Run("same origin", func(t *testing.T) {
+		// a page served by the gateway itself sends its own origin; it is
+		// not cross-origin, so it passes without being on the list
+		before := s.upstream.requests.Load()
+		resp, body := do(t, "POST", "/plain", nil, "Origin", s.gateway.URL, "Authorization", "Bearer "+s.token)
+		if resp.StatusCode != http.StatusOK || body != "ok" || s.upstream.requests.Load() != before+1 {
+			t.Fatalf("status %d body %q", resp.StatusCode, body)
+		}
+		for name := range resp.Header {
+			if strings.HasPrefix(strings.ToLower(name), "access-control-") {
+				t.Errorf("same-origin answer carries %s", name)
+			}
+		}
+		// the same page on another port is another origin
+		_, port, _ := net.SplitHostPort(s.gateway.Addr)
+		other := "http://127.0.0.1:" + strconv.Itoa(1+(mustAtoi(t, port)%65535))
+		resp, _ = do(t, "POST", "/plain", nil, "Origin", other, "Authorization", "Bearer "+s.token)
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s: status %d", other, resp.StatusCode)
+		}
+	})
+
 	t.Run("websocket upgrade", func(t *testing.T) {
 		conn, err := net.DialTimeout("tcp", s.gateway.Addr, 5*time.Second)
 		if err != nil {
@@ -362,6 +384,8 @@ func TestCORSThroughReverseProxy(t *testing.T) {
 		if err := s.gateway.Reload([]byte(proxyPolicy+proxyCaddyfile), "Caddyfile", env); err != nil {
 			t.Fatal(err)
 		}
+		// the old config's server closes its idle connections
+		client.CloseIdleConnections()
 		for _, tc := range []struct {
 			path    string
 			headers []string
@@ -385,4 +409,13 @@ func TestCORSThroughReverseProxy(t *testing.T) {
 			}
 		}
 	})
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
