@@ -105,6 +105,13 @@ func (u *goUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "{\"chunk\":%d}\n", i)
 			http.NewResponseController(w).Flush()
 		}
+	case "trailers":
+		careless(w.Header())
+		w.Header().Set("Trailer", "Access-Control-Allow-Origin, X-Checksum")
+		io.WriteString(w, "with trailers")
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		w.Header().Set("X-Checksum", "abc")
+		w.Header().Set(http.TrailerPrefix+"Access-Control-Allow-Credentials", "true")
 	case "error":
 		careless(w.Header())
 		w.WriteHeader(http.StatusInternalServerError)
@@ -229,6 +236,11 @@ func TestCORSThroughReverseProxy(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
+		for name := range resp.Trailer {
+			if strings.HasPrefix(strings.ToLower(name), "access-control-") {
+				t.Errorf("%s %s: trailer %s reached the client", method, path, name)
+			}
+		}
 		return resp, string(body)
 	}
 	auth := []string{"Origin", appOrigin, "Authorization", "Bearer " + s.token}
@@ -242,6 +254,7 @@ func TestCORSThroughReverseProxy(t *testing.T) {
 		{"/plain", 200, "ok", "X-Request-Id"},
 		{"/early", 200, "after hints", "X-Request-Id"},
 		{"/stream", 200, "{\"chunk\":0}\n{\"chunk\":1}\n{\"chunk\":2}\n", "X-Request-Id"},
+		{"/trailers", 200, "with trailers", "X-Request-Id"},
 		{"/error", 500, `{"error":"upstream"}`, "X-Request-Id"},
 		{"/down/x", 502, "", "WWW-Authenticate, Retry-After, X-Request-Id"},
 		{"/slow/x", 504, "", "WWW-Authenticate, Retry-After, X-Request-Id"},
@@ -276,6 +289,9 @@ func TestCORSThroughReverseProxy(t *testing.T) {
 				t.Errorf("body %q, want %q", body, tc.body)
 			}
 			assertOnlyGatewayCORS(t, resp.Header, tc.expose)
+			if tc.path == "/trailers" && resp.Trailer.Get("X-Checksum") != "abc" {
+				t.Errorf("other trailers lost: %q", resp.Trailer)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if tc.path == "/early" {
