@@ -68,9 +68,39 @@ var (
 		"Access-Control-Request-Headers, Access-Control-Request-Private-Network"}
 )
 
+// check refuses method and header lists and a Max-Age that the policy
+// cannot honour. It needs no provisioning, so the Caddyfile parser runs it
+// too and reports the line.
+func (c *CORS) check() error {
+	for _, m := range c.AllowMethods {
+		if m == "*" || !validToken(m) {
+			return fmt.Errorf("allow_methods: %q is not a method name", m)
+		}
+	}
+	for _, h := range c.AllowHeaders {
+		if h == "*" || !validToken(h) {
+			return fmt.Errorf("allow_headers: %q is not a header name (list each one; \"*\" is not supported)", h)
+		}
+	}
+	for _, h := range c.ExposeHeaders {
+		if h == "*" || !validToken(h) {
+			return fmt.Errorf("expose_headers: %q is not a header name", h)
+		}
+	}
+	// browsers cap the preflight cache themselves (two hours in Chromium);
+	// a longer promise only keeps a changed policy from taking effect
+	if age := time.Duration(c.MaxAge); age > maxMaxAge {
+		return fmt.Errorf("max_age: %s is longer than %s", age, maxMaxAge)
+	}
+	return nil
+}
+
 // provision normalises and compiles the policy. authorizationHeader adds
 // Authorization to the headers a preflight may ask for.
 func (c *CORS) provision(authorizationHeader bool) error {
+	if err := c.check(); err != nil {
+		return err
+	}
 	origins, err := newOriginAllowlist(c.AllowOrigins)
 	if err != nil {
 		return err
@@ -85,9 +115,6 @@ func (c *CORS) provision(authorizationHeader bool) error {
 	c.methods = make(map[string]struct{}, len(methods))
 	var names []string
 	for _, m := range methods {
-		if m == "*" || !validToken(m) {
-			return fmt.Errorf("allow_methods: %q is not a method name", m)
-		}
 		m = strings.ToUpper(m)
 		if _, dup := c.methods[m]; !dup {
 			names = append(names, m)
@@ -99,9 +126,6 @@ func (c *CORS) provision(authorizationHeader bool) error {
 	// headers
 	c.headers = make(map[string]struct{}, len(c.AllowHeaders)+1)
 	for _, h := range c.AllowHeaders {
-		if h == "*" || !validToken(h) {
-			return fmt.Errorf("allow_headers: %q is not a header name (list each one; \"*\" is not supported)", h)
-		}
 		c.headers[strings.ToLower(h)] = struct{}{}
 	}
 	if authorizationHeader {
@@ -110,11 +134,6 @@ func (c *CORS) provision(authorizationHeader bool) error {
 	}
 
 	// expose
-	for _, h := range c.ExposeHeaders {
-		if h == "*" || !validToken(h) {
-			return fmt.Errorf("expose_headers: %q is not a header name", h)
-		}
-	}
 	if len(c.ExposeHeaders) > 0 {
 		c.exposeValue = []string{strings.Join(c.ExposeHeaders, ", ")}
 	}
@@ -126,8 +145,6 @@ func (c *CORS) provision(authorizationHeader bool) error {
 	case age < 0:
 	case age == 0:
 		c.maxAgeValue = []string{strconv.Itoa(int(defaultMaxAge.Seconds()))}
-	case age > maxMaxAge:
-		return fmt.Errorf("max_age: %s is longer than %s", age, maxMaxAge)
 	default:
 		c.maxAgeValue = []string{strconv.Itoa(int(age.Seconds()))}
 	}

@@ -215,6 +215,9 @@ func (h *Handler) check() error {
 	if h.CORS.AllowCredentials && origins.nearWildcard() {
 		return fmt.Errorf("%s: allow_credentials with an allowlist that matches unrelated sites", route)
 	}
+	if err := h.CORS.check(); err != nil {
+		return fmt.Errorf("%s: %w", route, err)
+	}
 	if h.MaxTokenBytes < 0 {
 		return fmt.Errorf("%s: max_token_bytes must be positive", route)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -179,6 +180,9 @@ func TestOriginPatterns(t *testing.T) {
 	}
 }
 
+// caddyfileLine is how the Caddyfile parser names a line in its errors.
+var caddyfileLine = regexp.MustCompile(`Caddyfile:[0-9]+`)
+
 // TestOriginConfigErrors checks that caddy adapt refuses bad entries with
 // the Caddyfile line that holds them.
 func TestOriginConfigErrors(t *testing.T) {
@@ -199,6 +203,10 @@ func TestOriginConfigErrors(t *testing.T) {
 		{"wildcard over a public suffix", "https://*.co.uk", "", "Caddyfile:6"},
 		{"second entry", "https://app.example.com https://app.example.com/", "", "Caddyfile:6"},
 		{"credentials with an open regexp", `~^https://.*\.[a-z]+$`, "allow_credentials", "Caddyfile:6"},
+		{"credentials with null", "https://app.example.com null", "allow_credentials", "Caddyfile"},
+		{"max age above the bound", "https://app.example.com", "max_age 25h", "Caddyfile"},
+		{"star method", "https://app.example.com", "allow_methods *", "Caddyfile"},
+		{"star header", "https://app.example.com", "allow_headers *", "Caddyfile"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -220,7 +228,7 @@ http://127.0.0.1:0 {
 			if err == nil {
 				t.Fatalf("adapt accepted allow_origins %s", tc.origins)
 			}
-			if !strings.Contains(err.Error(), tc.want) {
+			if !strings.Contains(err.Error(), tc.want) || !caddyfileLine.MatchString(err.Error()) {
 				t.Errorf("error %q does not name %s", err, tc.want)
 			}
 		})
