@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ import (
 const attackCaddyfile = `{
 	admin off
 	auto_https off
+	{$ATTACK_SERVER_OPTIONS}
 }
 
 (issuer) {
@@ -128,6 +130,7 @@ func startAttackStack(t *testing.T, refetchInterval string, jwksStatus int) *att
 		"ATTACK_REFETCH_INTERVAL": refetchInterval,
 		"ATTACK_UPSTREAM":         s.flask.Addr,
 		"ATTACK_EXTRA_ORIGIN":     "",
+		"ATTACK_SERVER_OPTIONS":   "",
 	}
 	var err error
 	s.gateway, err = testkit.StartGateway([]byte(attackCaddyfile), "Caddyfile.attack", s.env)
@@ -319,12 +322,17 @@ func TestAttacksNeverReachTheUpstream(t *testing.T) {
 func TestIdentityReachesTheUpstreamOnlyFromTheToken(t *testing.T) {
 	s := startAttackStack(t, "1m", 0)
 	valid := s.mint(t, func(c map[string]any) { c["roles"] = []string{"reader", "writer"} })
+	// one spelling per name and field: Caddy drops every copy of an
+	// expected underscore header that arrives twice
 	forged := []string{
-		"X-User-Id", "admin", "x-user-id", "root", "X_User_Id", "admin", "x_USER_id", "admin",
-		"X-User_Id", "admin", "X-User-Roles", "admin", "x_user_roles", "admin",
+		"X-User-Id", "admin", "x_USER_id", "root", "X-USER-ROLES", "admin", "x_user_roles", "admin",
 		"X-Auth-Email", "admin@example.com", "X_Auth_Email", "admin@example.com",
-		"Connection", "X-User-Id, X_User_Roles",
 	}
+	// a Connection field naming the identity headers would make the proxy
+	// drop them as hop-by-hop (RFC 9110 section 7.6.1)
+	connection := []string{"Connection", "X-User-Id, x_user_roles", "Connection", "X-Auth-Email"}
+	bearer := []string{"Authorization", "Bearer " + valid}
+	join := func(lists ...[]string) []string { return slices.Concat(lists...) }
 
 	cases := []struct {
 		name    string
@@ -334,32 +342,47 @@ func TestIdentityReachesTheUpstreamOnlyFromTheToken(t *testing.T) {
 		roles   []string
 		email   []string
 	}{
-		{"strict route, valid token", "/api/public/items", append([]string{"Authorization", "Bearer " + valid}, forged...),
+		{"strict route, valid token", "/api/public/items", join(bearer, forged),
+			[]string{"alice"}, []string{"reader,writer"}, []string{"alice@example.com"}},
+		{"strict route, Connection naming them", "/api/public/items", join(bearer, forged, connection),
 			[]string{"alice"}, []string{"reader,writer"}, []string{"alice@example.com"}},
 		// X-Auth-Email is the strict route's own: the anonymous route
 		// neither removes nor sets it
 		{"anonymous route, no token", "/anon/items", forged, nil, nil, []string{"admin@example.com"}},
-		{"anonymous route, valid token", "/anon/items", append([]string{"Authorization", "Bearer " + valid}, forged...),
+		{"anonymous route, valid token", "/anon/items", join(bearer, forged),
 			[]string{"alice"}, []string{"reader,writer"}, []string{"admin@example.com"}},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			testkit.MustReset(t, s.flask)
-			r := s.send(t, "GET", tc.path, tc.headers...)
-			seen := testkit.MustRequests(t, s.flask)
-			if len(seen) != 1 {
-				t.Fatalf("Flask saw %d requests (status %d, body %q)", len(seen), r.status, r.body)
-			}
-			// Werkzeug's merged view: every spelling of a name in one list
-			for _, h := range []struct {
-				name string
-				want []string
-			}{{"X-User-Id", tc.user}, {"X-User-Roles", tc.roles}, {"X-Auth-Email", tc.email}} {
-				if got := seen[0].Header(h.name); strings.Join(got, "|") != strings.Join(h.want, "|") {
-					t.Errorf("Flask saw %s %q, want %q", h.name, got, h.want)
+	// Caddy itself drops header names with "_" unless the server expects
+	// them; with the identity headers' "_" spellings expected, only the
+	// gateway stands between them and Werkzeug, which folds them into the
+	// same variable as the "-" spelling
+	for _, server := range []struct{ name, options string }{
+		{"default server", ""},
+		{"underscore headers expected", "servers {\n\t\texpected_underscore_headers x_user_id x_user_roles\n\t}"},
+	} {
+		s.env["ATTACK_SERVER_OPTIONS"] = server.options
+		if err := s.gateway.Reload([]byte(attackCaddyfile), "Caddyfile.attack", s.env); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range cases {
+			t.Run(server.name+"/"+tc.name, func(t *testing.T) {
+				testkit.MustReset(t, s.flask)
+				r := s.send(t, "GET", tc.path, tc.headers...)
+				seen := testkit.MustRequests(t, s.flask)
+				if len(seen) != 1 {
+					t.Fatalf("Flask saw %d requests (status %d, body %q)", len(seen), r.status, r.body)
 				}
-			}
-		})
+				// Werkzeug's merged view: every spelling of a name in one list
+				for _, h := range []struct {
+					name string
+					want []string
+				}{{"X-User-Id", tc.user}, {"X-User-Roles", tc.roles}, {"X-Auth-Email", tc.email}} {
+					if got := seen[0].Header(h.name); strings.Join(got, "|") != strings.Join(h.want, "|") {
+						t.Errorf("Flask saw %s %q, want %q", h.name, got, h.want)
+					}
+				}
+			})
+		}
 	}
 
 	// placeholders in a deferred response header and a respond body
