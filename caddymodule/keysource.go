@@ -315,12 +315,17 @@ func (s *keySource) keysForKid(ctx context.Context, kid string) (*keySnapshot, e
 			}
 			return snap, ErrUnknownKeyID
 		}
-		s.wait(ctx, call)
+		done := s.wait(ctx, call)
 		if fresh := s.current(); fresh != nil {
 			snap = fresh
 		}
 		if snap.keys.hasKid(kid) {
 			return snap, nil
+		}
+		if !done || call.err != nil {
+			// the request gave up waiting, or the issuer did not answer:
+			// neither says the kid does not exist, so it is not remembered
+			return snap, ErrUnknownKeyID
 		}
 		// a fetch that was already running when the kid was asked for may
 		// hold the key set from before the key was published: its answer
@@ -339,10 +344,14 @@ func (s *keySource) keysForKid(ctx context.Context, kid string) (*keySnapshot, e
 	return snap, ErrUnknownKeyID
 }
 
-func (s *keySource) wait(ctx context.Context, call *fetchCall) {
+// wait waits for a fetch, or for the request to end; it reports whether
+// the fetch finished.
+func (s *keySource) wait(ctx context.Context, call *fetchCall) bool {
 	select {
 	case <-call.done:
+		return true
 	case <-ctx.Done():
+		return false
 	}
 }
 

@@ -558,3 +558,38 @@ func TestKeySetTroubleIsLogged(t *testing.T) {
 		}
 	}
 }
+
+func TestKidAskedForDuringAnOutageIsNotRemembered(t *testing.T) {
+	clock := newFakeClock()
+	k1, k2 := testkit.MustRSAKey(t, "k1"), testkit.MustRSAKey(t, "k2")
+	jwks := testkit.StartJWKS(t, k1)
+	s := startSource(t, keySourceConfig{URL: jwks.URL}, clock)
+	mustKeys(t, s)
+
+	cases := []struct {
+		name  string
+		spoil func()
+	}{
+		{"issuer down", func() { jwks.SetStatus(http.StatusServiceUnavailable) }},
+		{"garbage", func() { jwks.SetBody([]byte("<html>")) }},
+	}
+	for _, tc := range cases {
+		jwks.SetKeys(k1)
+		tc.spoil()
+		clock.Advance(s.cfg().RefetchInterval)
+		if _, err := s.keysForKid(context.Background(), "k2"); !errors.Is(err, ErrUnknownKeyID) {
+			t.Fatalf("%s: k2 during the outage: %v", tc.name, err)
+		}
+
+		// the issuer is back with k2 well within the negative cache's
+		// lifetime: the next allowed refetch finds it
+		jwks.SetStatus(0)
+		jwks.SetKeys(k1, k2)
+		clock.Advance(s.cfg().RefetchInterval)
+		if _, err := s.keysForKid(context.Background(), "k2"); err != nil {
+			t.Errorf("%s: k2 after the outage: %v", tc.name, err)
+		}
+		jwks.SetKeys(k1)
+		refetch(t, s, clock)
+	}
+}
