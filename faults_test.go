@@ -1,7 +1,9 @@
 package edgeguard_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -25,7 +27,7 @@ import (
 // startFaultGateway on every load, since the adapter reads them from the
 // process environment.
 const faultsCaddyfile = `{
-	admin off
+	admin {$FAULTS_ADMIN}
 	auto_https off
 }
 
@@ -58,6 +60,7 @@ type faultConfig struct {
 	upstream        string // host:port; "" starts a recording upstream
 	version         int
 	route           string
+	admin           string // Caddy's admin endpoint; "" is off
 }
 
 // keySetUnderTest is the key endpoint plus the gateway and upstream in
@@ -131,6 +134,7 @@ func (s *keySetUnderTest) env() map[string]string {
 		return v
 	}
 	return map[string]string{
+		"FAULTS_ADMIN":            or(cfg.admin, "off"),
 		"FAULTS_VERSION":          strconv.Itoa(cfg.version),
 		"FAULTS_ROUTE":            or(cfg.route, "faults"),
 		"FAULTS_ISSUER":           s.jwks.Issuer,
@@ -144,12 +148,39 @@ func (s *keySetUnderTest) env() map[string]string {
 }
 
 // reload loads the config again with a new version number, the way
-// `caddy reload` replaces a running config.
+// `caddy reload` does: the adapted config is posted to the admin
+// endpoint's /load. Only the apps change; the admin, storage and logging
+// settings the gateway started with stay, so nothing is persisted.
 func (s *keySetUnderTest) reload(t *testing.T, version int) {
 	t.Helper()
 	s.config.version = version
-	if err := s.gateway.Reload([]byte(faultsCaddyfile), "faults.Caddyfile", s.env()); err != nil {
+	env := s.env()
+	_, port, _ := net.SplitHostPort(s.gateway.Addr)
+	env["EDGEGUARD_BIND"], env["EDGEGUARD_PORT"] = "127.0.0.1", port
+	adapted, err := testkit.AdaptCaddyfile([]byte(faultsCaddyfile), "faults.Caddyfile", env)
+	if err != nil {
+		t.Fatalf("reload %d: adapt: %v", version, err)
+	}
+	var running, next map[string]any
+	if err := json.Unmarshal(s.gateway.Config, &running); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(adapted, &next); err != nil {
+		t.Fatal(err)
+	}
+	running["apps"] = next["apps"]
+	body, err := json.Marshal(running)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.client.Post("http://"+s.config.admin+"/load", "application/json", bytes.NewReader(body))
+	if err != nil {
 		t.Fatalf("reload %d: %v", version, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		t.Fatalf("reload %d: admin endpoint answered %d: %s", version, resp.StatusCode, msg)
 	}
 }
 
@@ -597,13 +628,23 @@ func TestFaultUpstreamDown(t *testing.T) {
 	}
 }
 
-// TestFaultReloadUnderLoad reloads the config again and again while
-// requests keep coming: none is lost, and the key set, shared across
-// reloads, is not fetched again.
+// TestFaultReloadUnderLoad reloads the config through the admin endpoint,
+// as `caddy reload` does, again and again while requests keep coming:
+// none is lost, and the key set, shared across reloads, is not fetched
+// again.
 func TestFaultReloadUnderLoad(t *testing.T) {
 	key := testkit.MustRSAKey(t, "k1")
 	jwks := testkit.StartJWKS(t, key)
-	s := startFaultGateway(t, jwks, key, faultConfig{})
+	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(testkit.MustFreePort(t)))
+	s := startFaultGateway(t, jwks, key, faultConfig{admin: admin})
+	t.Cleanup(func() {
+		// caddy.Stop leaves the admin endpoint up; a config without one
+		// closes it before the gateway stops
+		s.config.admin = ""
+		if err := s.gateway.Reload([]byte(faultsCaddyfile), "faults.Caddyfile", s.env()); err != nil {
+			t.Errorf("closing the admin endpoint: %v", err)
+		}
+	})
 
 	tokens := make([]string, 32)
 	for i := range tokens {
