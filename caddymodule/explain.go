@@ -34,6 +34,7 @@ func init() {
 	fs.String("path", "/", "Request path")
 	fs.String("method", http.MethodGet, "Request method")
 	fs.String("origin", "", "Origin header, as a browser would send it")
+	fs.String("preflight", "", "Explain the CORS preflight for this method instead (needs --origin)")
 	fs.String("host", "", "Host header (routes matched by host are skipped when empty)")
 	fs.String("route", "", "Name of the edge_guard route to use, instead of matching the path")
 	fs.Duration("timeout", 15*time.Second, "How long to wait for the key set")
@@ -41,7 +42,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name: "edge-guard-explain",
 		Usage: "--config <path> --token <token|@file|-> [--path </api/x>] [--method GET] " +
-			"[--origin <origin>] [--host <host>] [--route <name>] [--adapter <name>]",
+			"[--origin <origin>] [--preflight <method>] [--host <host>] [--route <name>] [--adapter <name>]",
 		Short: "Explains whether an edge_guard route would let a request through, and why not",
 		Long: `
 Loads the config, finds the edge_guard route that would handle the request
@@ -49,26 +50,29 @@ Loads the config, finds the edge_guard route that would handle the request
 configured sources, and runs the request through the route without
 forwarding it anywhere. It prints which route decided, and either that the
 request would be forwarded or the reason code and description of the
-refusal.
+refusal. With --preflight <method> it explains the CORS preflight a browser
+sends before such a request from --origin instead.
 
 The token is never printed. Pass it as @<file> or - (stdin) to keep it out
 of the shell history.
 
-Exit status: 0 when the request would be forwarded, 3 when it would be
-refused, 1 when the config or the token cannot be read.
+Exit status: 0 when the request would be forwarded (or the preflight
+allowed), 3 when it would be refused, 1 when the config or the token cannot
+be read.
 `,
 		Flags: fs,
 		Func: func(fl caddycmd.Flags) (int, error) {
 			opts := explainOptions{
-				Config:  fl.String("config"),
-				Adapter: fl.String("adapter"),
-				Token:   fl.String("token"),
-				Path:    fl.String("path"),
-				Method:  fl.String("method"),
-				Origin:  fl.String("origin"),
-				Host:    fl.String("host"),
-				Route:   fl.String("route"),
-				Timeout: fl.Duration("timeout"),
+				Config:    fl.String("config"),
+				Adapter:   fl.String("adapter"),
+				Token:     fl.String("token"),
+				Path:      fl.String("path"),
+				Method:    fl.String("method"),
+				Origin:    fl.String("origin"),
+				Preflight: fl.String("preflight"),
+				Host:      fl.String("host"),
+				Route:     fl.String("route"),
+				Timeout:   fl.Duration("timeout"),
 			}
 			return explain(opts, os.Stdin, os.Stdout)
 		},
@@ -79,6 +83,7 @@ refused, 1 when the config or the token cannot be read.
 type explainOptions struct {
 	Config, Adapter, Token     string
 	Path, Method, Origin, Host string
+	Preflight                  string
 	Route                      string
 	Timeout                    time.Duration
 }
@@ -90,6 +95,7 @@ type explanation struct {
 	bypassed    string   // a handler that would answer without any edge_guard
 	status      int
 	forwarded   bool
+	preflight   bool // a preflight, answered at the edge
 	reason      string
 	description string
 	headers     []string // claim headers set on the forwarded request
@@ -112,7 +118,7 @@ func explain(opts explainOptions, stdin io.Reader, stdout io.Writer) (int, error
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("explain: %w", err)
 	}
 	ex.print(stdout, opts)
-	if !ex.forwarded {
+	if !ex.forwarded && !(ex.preflight && ex.status == http.StatusNoContent) {
 		return exitRefused, nil
 	}
 	return caddy.ExitCodeSuccess, nil
@@ -167,6 +173,12 @@ func explainRequest(cfgJSON []byte, opts explainOptions, token string) (*explana
 	if !strings.HasPrefix(opts.Path, "/") {
 		return nil, fmt.Errorf("--path %q: must start with /", opts.Path)
 	}
+	if opts.Preflight != "" {
+		if opts.Origin == "" {
+			return nil, errors.New("--preflight needs --origin: browsers send preflights only cross-origin")
+		}
+		opts.Method = http.MethodOptions
+	}
 
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
@@ -202,7 +214,11 @@ func explainRequest(cfgJSON []byte, opts explainOptions, token string) (*explana
 	if found.handler == nil {
 		return &explanation{trail: found.trail, bypassed: found.bypassed}, nil
 	}
-	return runRoute(ctx, found, req, opts.Timeout)
+	ex, err := runRoute(ctx, found, req, opts.Timeout)
+	if ex != nil {
+		ex.preflight = opts.Preflight != ""
+	}
+	return ex, err
 }
 
 func explainedRequest(opts explainOptions, token string) (*http.Request, error) {
@@ -217,7 +233,14 @@ func explainedRequest(opts explainOptions, token string) (*http.Request, error) 
 	if opts.Origin != "" {
 		req.Header.Set("Origin", opts.Origin)
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
+	if opts.Preflight != "" {
+		// what a browser sends before a request with a bearer token (Fetch,
+		// "CORS-preflight request"); the preflight itself carries no token
+		req.Header.Set("Access-Control-Request-Method", opts.Preflight)
+		req.Header.Set("Access-Control-Request-Headers", "authorization")
+	} else {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	repl := caddy.NewReplacer()
 	// a bare server: no handle_errors, so refusals are written as the
 	// client would see them
@@ -427,17 +450,26 @@ func runRoute(ctx caddy.Context, found *routeSearch, req *http.Request, timeout 
 }
 
 func (ex *explanation) print(w io.Writer, opts explainOptions) {
-	fmt.Fprintf(w, "request: %s %s", opts.Method, opts.Path)
-	if opts.Origin != "" {
-		fmt.Fprintf(w, " from origin %s", opts.Origin)
+	if opts.Preflight != "" {
+		fmt.Fprintf(w, "preflight: OPTIONS %s from origin %s for %s with Authorization\n",
+			opts.Path, opts.Origin, opts.Preflight)
+	} else {
+		fmt.Fprintf(w, "request: %s %s", opts.Method, opts.Path)
+		if opts.Origin != "" {
+			fmt.Fprintf(w, " from origin %s", opts.Origin)
+		}
+		fmt.Fprintln(w, " with the given bearer token")
 	}
-	fmt.Fprintln(w, " with the given bearer token")
 	fmt.Fprintf(w, "reached by: %s\n", strings.Join(ex.trail, " > "))
 	if ex.bypassed != "" {
 		fmt.Fprintf(w, "result: NOT GUARDED: %s answers this request itself, before any edge_guard route\n", ex.bypassed)
 		return
 	}
 	fmt.Fprintf(w, "route: %s\n", ex.route)
+	if ex.preflight && ex.status == http.StatusNoContent {
+		fmt.Fprintln(w, "result: PASS: the preflight would be answered at the edge with 204 (never forwarded)")
+		return
+	}
 	if ex.forwarded {
 		fmt.Fprint(w, "result: PASS: the request would be forwarded")
 		if len(ex.headers) > 0 {

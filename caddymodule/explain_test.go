@@ -124,8 +124,17 @@ func TestExplain(t *testing.T) {
 			0, []string{"route: admin", "PASS", "X-User-Id"}},
 		{"route named", explainOptions{Token: valid, Route: "admin", Path: "/elsewhere"}, "", valid,
 			exitRefused, []string{"route: admin", "reason: missing_role"}},
-		{"preflight", explainOptions{Token: valid, Method: "OPTIONS", Path: "/api/items", Origin: "https://app.example.com"}, "", valid,
-			0, []string{"PASS"}},
+		{"OPTIONS without a requested method is an ordinary request",
+			explainOptions{Token: valid, Method: "OPTIONS", Path: "/api/items", Origin: "https://app.example.com"}, "", valid,
+			0, []string{"request: OPTIONS", "PASS: the request would be forwarded"}},
+		{"preflight allowed", explainOptions{Token: valid, Preflight: "POST", Path: "/api/items", Origin: "https://app.example.com"}, "", valid,
+			0, []string{"preflight: OPTIONS /api/items", "route: public", "answered at the edge with 204"}},
+		{"preflight for a method not allowed", explainOptions{Token: valid, Preflight: "DELETE", Path: "/api/items",
+			Origin: "https://app.example.com"}, "", valid,
+			exitRefused, []string{"REFUSED with 403", "reason: preflight_method_refused"}},
+		{"preflight from another origin", explainOptions{Token: valid, Preflight: "GET", Path: "/api/admin/stats",
+			Origin: "https://app.example.com"}, "", valid,
+			exitRefused, []string{"route: admin", "reason: preflight_origin_refused"}},
 		{"unguarded path", explainOptions{Token: valid, Path: "/health"}, "", valid,
 			exitRefused, []string{"NOT GUARDED", "static_response"}},
 	}
@@ -179,6 +188,7 @@ func TestExplainRefusesBadInvocations(t *testing.T) {
 		{"no such route", explainOptions{Config: config, Token: token, Route: "nope", Path: "/"}, `no edge_guard route is named "nope"`},
 		{"no route for the path", explainOptions{Config: config, Token: token, Path: "/other"}, "no route handles"},
 		{"relative path", explainOptions{Config: config, Token: token, Path: "api/x"}, "must start with /"},
+		{"preflight without origin", explainOptions{Config: config, Token: token, Path: "/api/x", Preflight: "GET"}, "--preflight needs --origin"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
