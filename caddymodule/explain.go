@@ -30,7 +30,7 @@ func init() {
 	fs := flag.NewFlagSet("edge-guard-explain", flag.ExitOnError)
 	fs.String("config", "", "Configuration file (Caddyfile or JSON)")
 	fs.String("adapter", "", "Name of the config adapter (default: by file name)")
-	fs.String("token", "", "The bearer token, @<file> to read it from a file, or - for stdin")
+	fs.String("token", "", "The bearer token, @<file> to read it from a file, or - for stdin (not needed with --preflight)")
 	fs.String("path", "/", "Request path")
 	fs.String("method", http.MethodGet, "Request method")
 	fs.String("origin", "", "Origin header, as a browser would send it")
@@ -102,9 +102,13 @@ type explanation struct {
 }
 
 func explain(opts explainOptions, stdin io.Reader, stdout io.Writer) (int, error) {
-	token, err := readToken(opts.Token, stdin)
-	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+	// a preflight carries no token, so none is needed to explain one
+	var token string
+	var err error
+	if opts.Preflight == "" || opts.Token != "" {
+		if token, err = readToken(opts.Token, stdin); err != nil {
+			return caddy.ExitCodeFailedStartup, err
+		}
 	}
 	if opts.Config == "" {
 		return caddy.ExitCodeFailedStartup, errors.New("explain: --config is required")

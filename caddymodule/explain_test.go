@@ -129,6 +129,8 @@ func TestExplain(t *testing.T) {
 			0, []string{"request: OPTIONS", "PASS: the request would be forwarded"}},
 		{"preflight allowed", explainOptions{Token: valid, Preflight: "POST", Path: "/api/items", Origin: "https://app.example.com"}, "", valid,
 			0, []string{"preflight: OPTIONS /api/items", "route: public", "answered at the edge with 204"}},
+		{"preflight, no token given", explainOptions{Preflight: "GET", Path: "/api/items", Origin: "https://app.example.com"}, "", valid,
+			0, []string{"answered at the edge with 204"}},
 		{"preflight for a method not allowed", explainOptions{Token: valid, Preflight: "DELETE", Path: "/api/items",
 			Origin: "https://app.example.com"}, "", valid,
 			exitRefused, []string{"REFUSED with 403", "reason: preflight_method_refused"}},
