@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
-	"slices"
 	"strings"
 )
 
@@ -185,12 +184,17 @@ func decodeObject(data []byte, malformed error) (map[string]any, error) {
 // after unescaping, the way encoding/json decodes them, so "\u0061lg"
 // and "alg" are the same name.
 func hasDuplicateNames(data []byte) bool {
-	var stack []jsonContainer
+	// the names of every open object sit in one list, each object's from
+	// its first index on; tokens of the usual size need no allocation
+	var stackSpace [8]jsonContainer
+	var nameSpace [32][]byte
+	stack, names := stackSpace[:0], nameSpace[:0]
 	for i := 0; i < len(data); i++ {
 		switch c := data[i]; c {
 		case '{', '[':
-			stack = append(stack, jsonContainer{object: c == '{', expectKey: c == '{'})
+			stack = append(stack, jsonContainer{object: c == '{', expectKey: c == '{', first: len(names)})
 		case '}', ']':
+			names = names[:stack[len(stack)-1].first]
 			stack = stack[:len(stack)-1]
 		case ',':
 			if top := len(stack) - 1; top >= 0 && stack[top].object {
@@ -211,14 +215,36 @@ func hasDuplicateNames(data []byte) bool {
 			if top < 0 || !stack[top].expectKey {
 				continue
 			}
-			stack[top].expectKey = false
-			name := string(data[start+1 : i])
+			obj := &stack[top]
+			obj.expectKey = false
+			name := data[start+1 : i]
 			if !plain {
 				// unescape, and replace invalid UTF-8 as encoding/json does
-				_ = json.Unmarshal(data[start:i+1], &name)
+				var unquoted string
+				_ = json.Unmarshal(data[start:i+1], &unquoted)
+				name = []byte(unquoted)
 			}
-			if stack[top].seen(name) {
-				return true
+			if obj.set != nil {
+				if _, dup := obj.set[string(name)]; dup {
+					return true
+				}
+				obj.set[string(name)] = struct{}{}
+				continue
+			}
+			for _, n := range names[obj.first:] {
+				if bytes.Equal(n, name) {
+					return true
+				}
+			}
+			names = append(names, name)
+			if len(names)-obj.first > 32 {
+				// only a hostile token has objects this large: a map keeps
+				// the check linear
+				obj.set = make(map[string]struct{}, 2*(len(names)-obj.first))
+				for _, n := range names[obj.first:] {
+					obj.set[string(n)] = struct{}{}
+				}
+				names = names[:obj.first]
 			}
 		}
 	}
@@ -229,32 +255,8 @@ func hasDuplicateNames(data []byte) bool {
 type jsonContainer struct {
 	object    bool
 	expectKey bool
-	names     []string
-	set       map[string]struct{}
-}
-
-// seen records a member name and reports whether it was there already.
-// Small objects are searched in a slice; large ones, which only a
-// hostile token has, switch to a map so the check stays linear.
-func (c *jsonContainer) seen(name string) bool {
-	if c.set == nil && len(c.names) < 16 {
-		if slices.Contains(c.names, name) {
-			return true
-		}
-		c.names = append(c.names, name)
-		return false
-	}
-	if c.set == nil {
-		c.set = make(map[string]struct{}, 2*len(c.names))
-		for _, n := range c.names {
-			c.set[n] = struct{}{}
-		}
-	}
-	if _, ok := c.set[name]; ok {
-		return true
-	}
-	c.set[name] = struct{}{}
-	return false
+	first     int                 // the object's first name in the list of names
+	set       map[string]struct{} // the object's names, once there are many
 }
 
 // verifySignature checks the token's signature with one key.

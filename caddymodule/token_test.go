@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -559,4 +560,50 @@ func TestIssuerAlgorithmsFollowTheirKeys(t *testing.T) {
 		t.Errorf("HMAC issuer on a route without HMAC algorithms: %v", err)
 	}
 	_ = h.Cleanup()
+}
+
+func TestHasDuplicateNames(t *testing.T) {
+	many := func(n int, extra string) string {
+		var b strings.Builder
+		b.WriteString("{")
+		for i := range n {
+			fmt.Fprintf(&b, `"k%d":{"k%d":[%d]},`, i, i, i)
+		}
+		return b.String() + extra + "}"
+	}
+	cases := []struct {
+		json string
+		dup  bool
+	}{
+		{`{}`, false},
+		{`{"a":1,"b":2}`, false},
+		{`{"a":1,"a":2}`, true},
+		{`{"a":{"a":{"a":1}}}`, false},
+		{`{"a":{"b":1},"c":{"b":2}}`, false},
+		{`{"a":{"b":1,"b":2}}`, true},
+		{`{"a":[{"b":1},{"b":2}]}`, false},
+		{`{"a":[{"b":1,"b":2}]}`, true},
+		{`{"a":[["a","a"]],"b":"a"}`, false},
+		{`{"a\"b":1,"a\"b":2}`, true},
+		{`{"a\"b":1,"ab":2}`, false},
+		{`{"\u0061":1,"a":2}`, true},
+		{`{"\/":1,"/":2}`, true},
+		{`{"x":"\"a\":1,\"a\":2"}`, false},
+		{"{\"\xff\":1,\"\xfe\":2}", true},
+		{"{\"é\":1,\"\\u00e9\":2}", true},
+		{many(40, `"z":0`), false},
+		{many(40, `"k0":0`), true},
+		{many(40, `"k39":0`), true},
+		{many(40, `"z":{"z":1,"z":2}`), true},
+		{many(40, `"z":`+many(40, `"k7":1`)), true},
+		{many(40, `"z":`+many(40, `"zz":1`)), false},
+	}
+	for _, tc := range cases {
+		if !json.Valid([]byte(tc.json)) {
+			t.Fatalf("%.60s: not valid JSON", tc.json)
+		}
+		if got := hasDuplicateNames([]byte(tc.json)); got != tc.dup {
+			t.Errorf("%.60s: duplicate = %t, want %t", tc.json, got, tc.dup)
+		}
+	}
 }
