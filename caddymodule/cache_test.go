@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/edgeguard/edgeguard/internal/testkit"
 )
 
@@ -121,5 +123,44 @@ func TestTokenCacheOff(t *testing.T) {
 	}
 	if n := f.h.cache.len(); n != 0 {
 		t.Errorf("a disabled cache holds %d entries", n)
+	}
+}
+
+func TestCachedTokenNotUsedPastMaxStale(t *testing.T) {
+	// the route's key source is made first, on a fake clock, so that
+	// Provision finds it in the pool
+	key := testkit.MustRSAKey(t, "k1")
+	jwks := testkit.StartJWKS(t, key)
+	clock := newFakeClock()
+	cfg := keySourceConfig{URL: jwks.URL}
+	if _, _, err := keySources.LoadOrNew(cfg.poolKey(), func() (caddy.Destructor, error) {
+		return startSource(t, cfg, clock), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = keySources.Delete(cfg.poolKey()) })
+	f := newFixture(t, func(h *Handler) {
+		h.Issuers[0].JWKSURL = jwks.URL
+		h.Issuers[0].MaxStale = caddy.Duration(time.Hour)
+	})
+	token := testkit.MustSign(t, key, validClaims())
+	get := func() int { return f.serve(t, request("GET", "/", "Authorization", "Bearer "+token)).Code }
+
+	if code := get(); code != 200 {
+		t.Fatalf("first sight: status %d", code)
+	}
+	jwks.SetStatus(http.StatusServiceUnavailable)
+	clock.Advance(50 * time.Minute)
+	if code := get(); code != 200 {
+		t.Fatalf("within max_stale: status %d", code)
+	}
+	clock.Advance(20 * time.Minute)
+	if code := get(); code != http.StatusServiceUnavailable {
+		t.Fatalf("past max_stale: status %d, want 503 rather than the cached answer", code)
+	}
+	jwks.SetStatus(0)
+	clock.Advance(time.Minute)
+	if code := get(); code != 200 {
+		t.Fatalf("after the issuer came back: status %d", code)
 	}
 }
