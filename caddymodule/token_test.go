@@ -26,7 +26,7 @@ import (
 // key set: two RSA keys, an EC and an Ed25519 key, an RSA key whose JWK
 // names no alg, and an RSA key published for encryption only.
 type keyring struct {
-	rs1, rs2, ec, ed, noAlg, enc *testkit.Key
+	rs1, rs2, ec, ed, noAlg, enc, signOnly *testkit.Key
 }
 
 func newKeyring(t *testing.T) *keyring {
@@ -38,6 +38,8 @@ func newKeyring(t *testing.T) *keyring {
 		ed:    testkit.MustEdKey(t, "d1"),
 		noAlg: testkit.MustRSAKey(t, "any"),
 		enc:   testkit.MustRSAKey(t, "enc1"),
+		// key_ops without "verify" (RFC 7517 section 4.3)
+		signOnly: testkit.MustRSAKey(t, "ops1"),
 	}
 }
 
@@ -47,8 +49,11 @@ func (k *keyring) jwks() []map[string]any {
 	enc := k.enc.PublicJWK()
 	enc["use"] = "enc"
 	enc["alg"] = "RSA-OAEP-256"
+	signOnly := k.signOnly.PublicJWK()
+	delete(signOnly, "use")
+	signOnly["key_ops"] = []string{"sign"}
 	return []map[string]any{k.rs1.PublicJWK(), k.rs2.PublicJWK(), k.ec.PublicJWK(),
-		k.ed.PublicJWK(), noAlg, enc}
+		k.ed.PublicJWK(), noAlg, enc, signOnly}
 }
 
 // guardWith provisions a handler whose issuer publishes jwks.
@@ -225,6 +230,7 @@ func TestAlgorithmAttacksRefused(t *testing.T) {
 		{"RS256 token naming an Ed25519 key", testkit.MustSignWithHeader(t, keys.rs1, header("RS256", "d1"), claims), unauthorized, invalid},
 		{"signed by a use=enc key", testkit.MustSign(t, keys.enc, claims), unauthorized, invalid},
 		{"signed by a use=enc key, no kid", testkit.MustSignWithHeader(t, keys.enc, header("RS256", ""), claims), unauthorized, invalid},
+		{"signed by a key whose key_ops lack verify", testkit.MustSign(t, keys.signOnly, claims), unauthorized, invalid},
 		{"alg unknown", seg(`{"alg":"RS1","kid":"k1"}`) + "." + seg(mustJSON(t, claims)) + "." + sig, unauthorized, invalid},
 		{"alg missing", seg(`{"kid":"k1"}`) + "." + seg(mustJSON(t, claims)) + "." + sig, unauthorized, invalid},
 		{"alg not a string", seg(`{"alg":["RS256"],"kid":"k1"}`) + "." + seg(mustJSON(t, claims)) + "." + sig, unauthorized, invalid},
