@@ -75,7 +75,9 @@ http://{$EDGEGUARD_BIND}:{$EDGEGUARD_PORT} {
 			claim_header X-User-Id sub
 			claim_header X-User-Roles roles
 		}
-		reverse_proxy {$ATTACK_UPSTREAM}
+		reverse_proxy {$ATTACK_UPSTREAM} {
+			header_up X-Anon-User "u={http.auth.user.id}"
+		}
 	}
 	handle /whoami {
 		edge_guard whoami {
@@ -382,6 +384,27 @@ func TestIdentityReachesTheUpstreamOnlyFromTheToken(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+
+	// placeholders that no verified claim set are empty, not their text
+	for _, tc := range []struct {
+		name, path, header, want string
+		headers                  []string
+	}{
+		{"anonymous request", "/anon/items", "X-Anon-User", "u=", nil},
+		{"anonymous request, valid token", "/anon/items", "X-Anon-User", "u=alice", []string{"Authorization", "Bearer " + valid}},
+		{"token without the claim", "/api/public/items", "X-Auth-Email", "",
+			[]string{"Authorization", "Bearer " + s.mint(t, func(c map[string]any) { delete(c, "email") })}},
+	} {
+		testkit.MustReset(t, s.flask)
+		s.send(t, "GET", tc.path, tc.headers...)
+		seen := testkit.MustRequests(t, s.flask)
+		if len(seen) != 1 {
+			t.Fatalf("%s: Flask saw %d requests", tc.name, len(seen))
+		}
+		if got := strings.Join(seen[0].Header(tc.header), "|"); got != tc.want {
+			t.Errorf("%s: Flask saw %s %q, want %q", tc.name, tc.header, got, tc.want)
 		}
 	}
 

@@ -380,6 +380,17 @@ func claimPlaceholders(claims map[string]any, subject string) []placeholder {
 	return out
 }
 
+// unsetIdentityPlaceholder makes the {http.auth.user.*} placeholders that
+// no verified claim set known and empty: Caddy leaves unknown placeholders
+// as they are written, and a header_up of {http.auth.user.id} must not
+// send an anonymous request upstream with that text as its user.
+func unsetIdentityPlaceholder(key string) (any, bool) {
+	if strings.HasPrefix(key, "http.auth.user.") {
+		return "", true
+	}
+	return nil, false
+}
+
 // requirements are a route's conditions on a verified token; failing one
 // is 403 insufficient_scope (RFC 6750 section 3.1).
 type requirements struct {

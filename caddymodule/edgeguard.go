@@ -459,6 +459,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// forward
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Map(unsetIdentityPlaceholder)
+	}
 	if id != nil {
 		h.attachIdentity(r, id)
 	}

@@ -463,7 +463,11 @@ func (s *keySource) load(ctx context.Context) error {
 		s.events.fetched(s.cfg().describe(), err)
 	}
 	if err != nil {
-		s.logFailure(err)
+		// a local key set fails only while the config loads, which then
+		// fails with this error; only a remote one has an outage to log
+		if s.remote() {
+			s.logFailure(err)
+		}
 		return err
 	}
 	s.mu.Lock()
