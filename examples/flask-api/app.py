@@ -127,7 +127,9 @@ def unverified_claims():
     payload += "=" * (-len(payload) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
+        # RecursionError: a payload nested deeper than the interpreter's
+        # recursion limit ([[[...]]]) must read as "no claims", not a 500
         return {}
     return claims if isinstance(claims, dict) else {}
 
