@@ -48,10 +48,10 @@ type CORS struct {
 	methods        map[string]struct{}
 	headers        map[string]struct{}
 	authorization  bool
-	methodsValue   []string
-	maxAgeValue    []string
-	exposeValue    []string
-	exposeOnErrors []string
+	methodsValue   string
+	maxAgeValue    string
+	exposeValue    string
+	exposeOnErrors string
 }
 
 const (
@@ -61,12 +61,29 @@ const (
 	maxRequestHeaders = 64
 )
 
-var (
-	valueTrue        = []string{"true"}
-	valueVaryOrigin  = []string{"Origin"}
-	valuePreflightVy = []string{"Origin, Access-Control-Request-Method, " +
-		"Access-Control-Request-Headers, Access-Control-Request-Private-Network"}
+const (
+	valueTrue        = "true"
+	valuePreflightVy = "Origin, Access-Control-Request-Method, " +
+		"Access-Control-Request-Headers, Access-Control-Request-Private-Network"
 )
+
+// headerValues hands out one-element header values, all of a response's
+// from one allocation. A value is never shared between responses: a later
+// handler may edit a value in place (Caddy's header directive does, for a
+// replacement), and a shared slice would carry that edit into every later
+// response, of every route.
+type headerValues struct {
+	buf []string
+}
+
+func newHeaderValues(n int) headerValues { return headerValues{buf: make([]string, 0, n)} }
+
+// of returns a value holding s, with no room to grow into a neighbour.
+func (v *headerValues) of(s string) []string {
+	v.buf = append(v.buf, s)
+	n := len(v.buf)
+	return v.buf[n-1 : n : n]
+}
 
 // check refuses method and header lists and a Max-Age that the policy
 // cannot honour. It needs no provisioning, so the Caddyfile parser runs it
@@ -121,7 +138,7 @@ func (c *CORS) provision(authorizationHeader bool) error {
 		}
 		c.methods[m] = struct{}{}
 	}
-	c.methodsValue = []string{strings.Join(names, ", ")}
+	c.methodsValue = strings.Join(names, ", ")
 
 	// headers
 	c.headers = make(map[string]struct{}, len(c.AllowHeaders)+1)
@@ -134,19 +151,17 @@ func (c *CORS) provision(authorizationHeader bool) error {
 	}
 
 	// expose
-	if len(c.ExposeHeaders) > 0 {
-		c.exposeValue = []string{strings.Join(c.ExposeHeaders, ", ")}
-	}
-	c.exposeOnErrors = []string{strings.Join(append([]string{"WWW-Authenticate", "Retry-After"},
-		c.ExposeHeaders...), ", ")}
+	c.exposeValue = strings.Join(c.ExposeHeaders, ", ")
+	c.exposeOnErrors = strings.Join(append([]string{"WWW-Authenticate", "Retry-After"},
+		c.ExposeHeaders...), ", ")
 
 	// max age
 	switch age := time.Duration(c.MaxAge); {
 	case age < 0:
 	case age == 0:
-		c.maxAgeValue = []string{strconv.Itoa(int(defaultMaxAge.Seconds()))}
+		c.maxAgeValue = strconv.Itoa(int(defaultMaxAge.Seconds()))
 	default:
-		c.maxAgeValue = []string{strconv.Itoa(int(age.Seconds()))}
+		c.maxAgeValue = strconv.Itoa(int(age.Seconds()))
 	}
 	return nil
 }
@@ -166,7 +181,8 @@ const (
 // Access-Control-* header at all, so the browser fails it (Fetch, "CORS
 // check"), and the caller answers 403.
 func (c *CORS) answerPreflight(h http.Header, r *http.Request, origin string) preflightResult {
-	h["Vary"] = valuePreflightVy
+	vals := newHeaderValues(7)
+	h["Vary"] = vals.of(valuePreflightVy)
 	if !c.origins.allows(origin) {
 		return preflightOriginRefused
 	}
@@ -190,25 +206,26 @@ func (c *CORS) answerPreflight(h http.Header, r *http.Request, origin string) pr
 		return preflightHeadersRefused
 	}
 
-	h["Access-Control-Allow-Origin"] = c.origins.headerValue(origin)
-	h["Access-Control-Allow-Methods"] = c.methodsValue
+	h["Access-Control-Allow-Origin"] = vals.of(origin)
+	methods := c.methodsValue
 	if _, listed := c.methods[method]; !listed {
 		// the browser compares methods byte for byte (Fetch,
 		// "CORS-preflight fetch"), so a method it did not normalise,
 		// such as "patch", must come back spelt as it was asked for
-		h["Access-Control-Allow-Methods"] = []string{c.methodsValue[0] + ", " + method}
+		methods += ", " + method
 	}
+	h["Access-Control-Allow-Methods"] = vals.of(methods)
 	if requested != "" {
-		h["Access-Control-Allow-Headers"] = []string{requested}
+		h["Access-Control-Allow-Headers"] = vals.of(requested)
 	}
 	if c.AllowCredentials {
-		h["Access-Control-Allow-Credentials"] = valueTrue
+		h["Access-Control-Allow-Credentials"] = vals.of(valueTrue)
 	}
-	if c.maxAgeValue != nil {
-		h["Access-Control-Max-Age"] = c.maxAgeValue
+	if c.maxAgeValue != "" {
+		h["Access-Control-Max-Age"] = vals.of(c.maxAgeValue)
 	}
 	if c.AllowPrivateNetwork && r.Header.Get("Access-Control-Request-Private-Network") == "true" {
-		h["Access-Control-Allow-Private-Network"] = valueTrue
+		h["Access-Control-Allow-Private-Network"] = vals.of(valueTrue)
 	}
 	return preflightAllowed
 }
@@ -255,18 +272,22 @@ func (c *CORS) requestedHeaders(values []string) (string, bool) {
 // decorate sets the headers of an actual response for an allowed origin.
 // Any Access-Control-* header already there must have been removed.
 func (c *CORS) decorate(h http.Header, origin string, gatewayError bool) {
-	addVaryOrigin(h)
 	if origin == "" {
+		addVaryOrigin(h)
 		return
 	}
-	h["Access-Control-Allow-Origin"] = c.origins.headerValue(origin)
+	vals := newHeaderValues(4)
+	addVaryOriginWith(h, &vals)
+	// the request's own Origin: it is on the allowlist, so byte for byte
+	// the serialised origin (or an entry's normalised form)
+	h["Access-Control-Allow-Origin"] = vals.of(origin)
 	if c.AllowCredentials {
-		h["Access-Control-Allow-Credentials"] = valueTrue
+		h["Access-Control-Allow-Credentials"] = vals.of(valueTrue)
 	}
 	if gatewayError {
-		h["Access-Control-Expose-Headers"] = c.exposeOnErrors
-	} else if c.exposeValue != nil {
-		h["Access-Control-Expose-Headers"] = c.exposeValue
+		h["Access-Control-Expose-Headers"] = vals.of(c.exposeOnErrors)
+	} else if c.exposeValue != "" {
+		h["Access-Control-Expose-Headers"] = vals.of(c.exposeValue)
 	}
 }
 
@@ -289,9 +310,15 @@ func isCORSHeader(name string) bool {
 // key on Origin because the answer depends on it (Fetch, "CORS protocol
 // and HTTP caches"), also when this request had none.
 func addVaryOrigin(h http.Header) {
+	var vals headerValues
+	addVaryOriginWith(h, &vals)
+}
+
+// addVaryOriginWith is addVaryOrigin taking a new value from vals.
+func addVaryOriginWith(h http.Header, vals *headerValues) {
 	values, ok := h["Vary"]
 	if !ok {
-		h["Vary"] = valueVaryOrigin
+		h["Vary"] = vals.of("Origin")
 		return
 	}
 	origins, tokens := 0, 0

@@ -25,7 +25,7 @@ const maxOriginLength = 1024
 // serialised, lowercase form (RFC 6454 section 6.2, Fetch "byte-serializing
 // a request origin").
 type originAllowlist struct {
-	exact     map[string][]string // origin -> ready-made header value
+	exact     map[string]struct{}
 	wildcards []wildcardOrigin
 	patterns  []*regexp.Regexp
 	null      bool
@@ -46,7 +46,7 @@ func isRegexpEntry(entry string) bool { return strings.HasPrefix(entry, "~") }
 
 // newOriginAllowlist normalises and compiles allowlist entries.
 func newOriginAllowlist(entries []string) (*originAllowlist, error) {
-	list := &originAllowlist{exact: make(map[string][]string)}
+	list := &originAllowlist{exact: make(map[string]struct{})}
 	for _, entry := range entries {
 		if err := list.add(entry); err != nil {
 			return nil, err
@@ -83,7 +83,7 @@ func (l *originAllowlist) add(entry string) error {
 		})
 		return nil
 	}
-	l.exact[origin] = []string{origin}
+	l.exact[origin] = struct{}{}
 	return nil
 }
 
@@ -459,15 +459,6 @@ func (l *originAllowlist) allows(origin string) bool {
 		}
 	}
 	return false
-}
-
-// headerValue returns the Access-Control-Allow-Origin value for an allowed
-// origin, reusing a prebuilt slice for exact entries.
-func (l *originAllowlist) headerValue(origin string) []string {
-	if v, ok := l.exact[origin]; ok {
-		return v[:1:1]
-	}
-	return []string{origin}
 }
 
 // wildcardProbes are origins no allowlist should ever match by accident;
