@@ -534,6 +534,16 @@ func (h *Handler) extractToken(r *http.Request) (string, *refusal) {
 	return found[0], nil
 }
 
+// token68Chars marks the characters of RFC 6750 section 2.1's b64token
+// before any trailing "=". A table, since every request's token passes
+// through isToken68, cached or not.
+var token68Chars = func() (set [256]bool) {
+	for _, c := range []byte("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/") {
+		set[c] = true
+	}
+	return set
+}()
+
 // isToken68 reports whether s has the b64token syntax of RFC 6750
 // section 2.1.
 func isToken68(s string) bool {
@@ -541,12 +551,8 @@ func isToken68(s string) bool {
 		return false
 	}
 	i := 0
-	for ; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-			c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/') {
-			break
-		}
+	for i < len(s) && token68Chars[s[i]] {
+		i++
 	}
 	if i == 0 {
 		return false
