@@ -65,6 +65,7 @@ const proxyPolicy = `(policy) {
 	allow_methods GET POST PUT
 	allow_headers Content-Type
 	expose_headers X-Request-Id
+	{$USE_HANDLE_ERRORS}
 	issuer {$ISSUER} {
 		jwks_url {$JWKS_URL}
 		audience items-api
@@ -396,6 +397,7 @@ func TestCORSThroughReverseProxy(t *testing.T) {
 		for k, v := range s.env {
 			env[k] = v
 		}
+		env["USE_HANDLE_ERRORS"] = "use_handle_errors"
 		env["HANDLE_ERRORS"] = "handle_errors {\n\t\theader X-Error-Page yes\n\t\trespond \"custom {err.status_code}\"\n\t}"
 		if err := s.gateway.Reload([]byte(proxyPolicy+proxyCaddyfile), "Caddyfile", env); err != nil {
 			t.Fatal(err)

@@ -484,9 +484,15 @@ func (h *Handler) extractToken(r *http.Request) (string, *refusal) {
 	switch values := r.Header["Authorization"]; len(values) {
 	case 0:
 	case 1:
-		scheme, credentials, _ := strings.Cut(values[0], " ")
-		if strings.EqualFold(scheme, "Bearer") {
-			credentials = strings.TrimLeft(credentials, " ")
+		// the scheme ends at any whitespace, not only a space: upstreams
+		// that split on tabs would otherwise read an unverified token
+		value := values[0]
+		end := strings.IndexAny(value, " \t")
+		if end < 0 {
+			end = len(value)
+		}
+		if strings.EqualFold(value[:end], "Bearer") {
+			credentials := strings.TrimLeft(value[end:], " \t")
 			if !isToken68(credentials) {
 				return "", invalidRequest("bad_authorization",
 					"the Authorization header does not hold a valid bearer token")

@@ -61,6 +61,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    roles_claim           <claim>
 //	    claim_header          <header> <claim>
 //	    strip_authorization
+//	    use_handle_errors
 //	    token_cache_size      <n>
 //	}
 //
@@ -156,6 +157,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = h.unmarshalClaimHeader(d)
 		case "strip_authorization":
 			err = flagArg(d, &h.StripAuthorization)
+		case "use_handle_errors":
+			err = flagArg(d, &h.UseHandleErrors)
 		case "token_cache_size":
 			err = intArg(d, &h.TokenCacheSize)
 		default:

@@ -8,6 +8,7 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -34,6 +35,7 @@ const (
 	defaultMaxTokenBytes = 8 << 10
 	defaultRolesClaim    = "roles"
 	defaultName          = "edge_guard"
+	maxLeeway            = 5 * time.Minute
 )
 
 // Handler guards one route: CORS policy first, then the bearer token, then
@@ -102,6 +104,12 @@ type Handler struct {
 	// StripAuthorization removes the Authorization header before the
 	// request goes upstream. Default: forwarded.
 	StripAuthorization bool `json:"strip_authorization,omitempty"`
+
+	// UseHandleErrors hands refusals to the server's handle_errors routes,
+	// which then write the answer ({err.status_code}, {err.message}).
+	// Those routes run for a request the gateway refused: they must not
+	// forward it. Default: the gateway writes a short JSON answer itself.
+	UseHandleErrors bool `json:"use_handle_errors,omitempty"`
 
 	// TokenCacheSize bounds the verified-token cache. Default 10000; a
 	// negative value disables it.
@@ -225,9 +233,32 @@ func (h *Handler) check() error {
 		if !validToken(header) {
 			return fmt.Errorf("%s: claim_header %q is not a header name", route, header)
 		}
-		if strings.EqualFold(header, "Authorization") || strings.EqualFold(header, "Host") ||
+		if reservedHeaders[strings.ToLower(strings.ReplaceAll(header, "_", "-"))] ||
 			strings.HasPrefix(strings.ToLower(header), "access-control-") {
 			return fmt.Errorf("%s: claim_header %q cannot be set from a claim", route, header)
+		}
+		for other := range h.ClaimHeaders {
+			if other != header && sameHeaderName(other, header) {
+				return fmt.Errorf("%s: claim_header %q and %q are one header to an upstream", route, header, other)
+			}
+		}
+	}
+	if h.Anonymous && (len(h.RequireClaims) > 0 || len(h.RequireScopes) > 0 ||
+		len(h.RequireRoles) > 0 || len(h.RequireClaimValues) > 0) {
+		return fmt.Errorf("%s: anonymous lets requests without a token skip the require_* checks; "+
+			"put the requirements on a route without anonymous", route)
+	}
+	for _, list := range [][]string{h.RequireClaims, h.RequireScopes, h.RequireRoles} {
+		if slices.Contains(list, "") {
+			return fmt.Errorf("%s: an empty claim, scope or role name", route)
+		}
+	}
+	if h.Leeway < 0 || time.Duration(h.Leeway) > maxLeeway {
+		return fmt.Errorf("%s: leeway must be between 0 and %s", route, maxLeeway)
+	}
+	for _, name := range []string{h.TokenCookie, h.TokenQuery} {
+		if name != "" && !validToken(name) {
+			return fmt.Errorf("%s: token source name %q is not a valid cookie or parameter name", route, name)
 		}
 	}
 	seen := make(map[string]bool)
@@ -468,6 +499,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.StripAuthorization {
 		r.Header.Del("Authorization")
 	}
+	if r.Trailer != nil && len(h.claimHeaders) > 0 {
+		// trailers arrive after the body and would reach the upstream
+		// beside the verified identity headers
+		h.removeClaimHeaders(r.Trailer)
+		r.Body = &trailerFilter{ReadCloser: r.Body, request: r, handler: h}
+	}
 	h.events.decision("allowed")
 	rw := &responseWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		cors: h.CORS, origin: allowedOrigin}
@@ -543,6 +580,33 @@ func (h *Handler) removeClaimHeaders(header http.Header) {
 			}
 		}
 	}
+}
+
+// reservedHeaders cannot carry claims: the proxy would drop them as
+// hop-by-hop or framing headers, or they decide routing and
+// authentication themselves.
+var reservedHeaders = map[string]bool{
+	"authorization": true, "host": true, "connection": true, "keep-alive": true,
+	"proxy-authorization": true, "proxy-authenticate": true, "proxy-connection": true,
+	"te": true, "trailer": true, "transfer-encoding": true, "upgrade": true,
+	"content-length": true, "cookie": true, "origin": true, "forwarded": true,
+}
+
+// trailerFilter removes claim headers from request trailers once the body
+// has been read, which is when the server fills them in, and before the
+// proxy sends them on.
+type trailerFilter struct {
+	io.ReadCloser
+	request *http.Request
+	handler *Handler
+}
+
+func (f *trailerFilter) Read(p []byte) (int, error) {
+	n, err := f.ReadCloser.Read(p)
+	if err != nil {
+		f.handler.removeClaimHeaders(f.request.Trailer)
+	}
+	return n, err
 }
 
 // sameHeaderName compares header names ignoring case and treating "_" as
@@ -635,9 +699,14 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, origin string, 
 			zap.Int("status", ref.status), zap.String("method", r.Method), zap.String("path", r.URL.Path))
 	}
 
-	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
-		srv.Errors != nil && len(srv.Errors.Routes) > 0 {
-		return caddyhttp.Error(ref.status, ref)
+	// handle_errors only when asked for: an error route that proxies
+	// (a common way to serve error pages) would forward the very request
+	// that was just refused
+	if h.UseHandleErrors {
+		if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
+			srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+			return caddyhttp.Error(ref.status, ref)
+		}
 	}
 	code := ref.code
 	if code == "" {

@@ -341,7 +341,9 @@ func NormalizeOrigin(entry string) (string, error) {
 		return fail("invalid IP address (write an IPv4 address as four decimal numbers)")
 	} else if !validHostname(name) {
 		return fail("invalid host name")
-	} else if wild && (!strings.Contains(name, ".") || isPublicSuffix(name)) {
+	} else if wild && name != "localhost" && (!strings.Contains(name, ".") || isPublicSuffix(name)) {
+		// *.localhost is the exception: RFC 6761 section 6.3 keeps every
+		// name under it on the local machine, so nobody else can hold one
 		return fail("a wildcard needs a registrable domain after it, as in https://*.example.com")
 	}
 

@@ -64,6 +64,7 @@ func TestNormalizeOrigin(t *testing.T) {
 		{"https://" + strings.Repeat("a", 1100) + ".com", ""},
 
 		// wildcards
+		{"http://*.localhost:3000", "http://*.localhost:3000"},
 		{"https://*.com", ""},
 		{"https://*.co.uk", ""},
 		{"https://*.github.io", ""},

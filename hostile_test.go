@@ -57,3 +57,68 @@ func TestFlaskSurvivesHostileTokenPayloads(t *testing.T) {
 		})
 	}
 }
+
+// A refused request must never reach the API, whatever the server's
+// handle_errors routes do with the error.
+func TestRefusedRequestNeverReachesHandleErrorsProxy(t *testing.T) {
+	flask := testkit.MustStartFlask(t)
+	key := testkit.MustRSAKey(t, "k1")
+	jwks := testkit.StartJWKS(t, key)
+	caddyfile := []byte(`{
+	admin off
+	auto_https off
+}
+http://{$EDGEGUARD_BIND}:{$EDGEGUARD_PORT} {
+	bind {$EDGEGUARD_BIND}
+	handle /api/* {
+		edge_guard {
+			allow_origins https://app.example.com
+			issuer {$ISS} {
+				jwks_url {$JWKS}
+				audience items-api
+			}
+			claim_header X-User-Id sub
+		}
+		reverse_proxy {$UP}
+	}
+	handle_errors {
+		reverse_proxy {$UP}
+	}
+}
+`)
+	gw, err := testkit.StartGateway(caddyfile, "Caddyfile",
+		map[string]string{"ISS": jwks.Issuer, "JWKS": jwks.URL, "UP": flask.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Stop()
+	client := &http.Client{Timeout: 10 * time.Second}
+	tests := []struct{ name, origin, auth string }{
+		{"no token", "", ""},
+		{"forged token", "", "Bearer e30.eyJzdWIiOiJhZG1pbiJ9.c2ln"},
+		{"origin not allowed", "https://evil.example", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			testkit.MustReset(t, flask)
+			req, _ := http.NewRequest(http.MethodGet, gw.URL+"/api/admin/stats", nil)
+			if tc.origin != "" {
+				req.Header.Set("Origin", tc.origin)
+			}
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if reqs := testkit.MustRequests(t, flask); len(reqs) != 0 {
+				t.Errorf("status %d, and the API saw %d request(s): %s %s", resp.StatusCode, len(reqs), reqs[0].Method, reqs[0].Path)
+			}
+			if resp.StatusCode < 400 {
+				t.Errorf("status %d for a refused request", resp.StatusCode)
+			}
+		})
+	}
+}
