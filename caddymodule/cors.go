@@ -93,6 +93,12 @@ func (c *CORS) check() error {
 		if m == "*" || !validToken(m) {
 			return fmt.Errorf("allow_methods: %q is not a method name", m)
 		}
+		// Fetch's forbidden methods: no browser sends them, so listing
+		// one is a mistake (Fetch, "forbidden method")
+		switch strings.ToUpper(m) {
+		case "CONNECT", "TRACE", "TRACK":
+			return fmt.Errorf("allow_methods: browsers never send %s", m)
+		}
 	}
 	for _, h := range c.AllowHeaders {
 		if h == "*" || !validToken(h) {

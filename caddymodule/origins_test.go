@@ -207,6 +207,7 @@ func TestOriginConfigErrors(t *testing.T) {
 		{"credentials with null", "https://app.example.com null", "allow_credentials", "Caddyfile"},
 		{"max age above the bound", "https://app.example.com", "max_age 25h", "Caddyfile"},
 		{"star method", "https://app.example.com", "allow_methods *", "Caddyfile"},
+		{"forbidden method", "https://app.example.com", "allow_methods GET TRACE", "Caddyfile"},
 		{"star header", "https://app.example.com", "allow_headers *", "Caddyfile"},
 	}
 	for _, tc := range cases {
