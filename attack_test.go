@@ -447,6 +447,9 @@ func TestKeySetFetcherSharedAcrossRoutesAndReloads(t *testing.T) {
 		if err := s.gateway.Reload([]byte(attackCaddyfile), "Caddyfile.attack", s.env); err != nil {
 			t.Fatalf("reload %d: %v", i, err)
 		}
+		// the old config's server closes its idle keep-alive connections;
+		// a client that reuses one in that instant reads EOF
+		s.client.CloseIdleConnections()
 		visitAll()
 	}
 	if r := s.send(t, "GET", "/api/public/items", "Origin", "https://gamma.example.com",
