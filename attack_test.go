@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/url"
 	"slices"
 	"strings"
@@ -175,7 +176,15 @@ func (s *attackStack) send(t *testing.T, method, target string, headers ...strin
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header[headers[i]] = append(req.Header[headers[i]], headers[i+1])
 	}
-	resp, err := s.client.Do(req)
+	// a reload closes the old server's connections; a request caught in
+	// that instant fails before any answer, and clients retry such an
+	// idempotent request once (RFC 9112 section 9.3.1.1)
+	var answered bool
+	trace := &httptrace.ClientTrace{GotFirstResponseByte: func() { answered = true }}
+	resp, err := s.client.Do(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	if err != nil && !answered && (method == http.MethodGet || method == http.MethodOptions) {
+		resp, err = s.client.Do(req)
+	}
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, target, err)
 	}

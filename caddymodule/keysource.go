@@ -33,7 +33,7 @@ const (
 	negativeCacheSize      = 1024
 	maxKeySetBytes         = 1 << 20
 	maxRetryBackoff        = 30 * time.Second
-	startDelay             = 100 * time.Millisecond
+	startDelay             = time.Second
 )
 
 var (

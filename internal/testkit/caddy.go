@@ -145,6 +145,7 @@ func quiet(raw []byte, state string) ([]byte, error) {
 	}
 	admin["config"] = map[string]any{"persist": false}
 	cfg["storage"] = map[string]any{"module": "file_system", "root": filepath.Join(state, "storage")}
+	loopbackListeners(cfg)
 	if _, set := cfg["logging"]; !set {
 		level := "ERROR"
 		if os.Getenv("EDGEGUARD_TEST_DEBUG") != "" {
@@ -153,6 +154,34 @@ func quiet(raw []byte, state string) ([]byte, error) {
 		cfg["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{"level": level}}}
 	}
 	return json.Marshal(cfg)
+}
+
+// loopbackListeners puts every server that would listen on all
+// interfaces (":8080", the form a site address without a host or with a
+// placeholder host adapts to) on 127.0.0.1 instead: tests and the demo
+// listen on loopback only.
+func loopbackListeners(cfg map[string]any) {
+	apps, _ := cfg["apps"].(map[string]any)
+	httpApp, _ := apps["http"].(map[string]any)
+	servers, _ := httpApp["servers"].(map[string]any)
+	for _, srv := range servers {
+		server, _ := srv.(map[string]any)
+		listen, _ := server["listen"].([]any)
+		for i, l := range listen {
+			addr, _ := l.(string)
+			network, hostport, found := strings.Cut(addr, "/")
+			if !found {
+				network, hostport = "", addr
+			}
+			if strings.HasPrefix(hostport, ":") {
+				hostport = "127.0.0.1" + hostport
+				if network != "" {
+					hostport = network + "/" + hostport
+				}
+				listen[i] = hostport
+			}
+		}
+	}
 }
 
 func waitListening(addr string) error {
