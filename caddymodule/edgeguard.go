@@ -101,8 +101,9 @@ type Handler struct {
 	// here is removed from incoming requests, in any spelling, first.
 	ClaimHeaders map[string]string `json:"claim_headers,omitempty"`
 
-	// StripAuthorization removes the Authorization header before the
-	// request goes upstream. Default: forwarded.
+	// StripAuthorization keeps the token from the upstream: it removes the
+	// Authorization header, and the token cookie and query parameter when
+	// those sources are configured. Default: forwarded.
 	StripAuthorization bool `json:"strip_authorization,omitempty"`
 
 	// UseHandleErrors hands refusals to the server's handle_errors routes,
@@ -497,7 +498,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.attachIdentity(r, id)
 	}
 	if h.StripAuthorization {
-		r.Header.Del("Authorization")
+		h.removeToken(r)
 	}
 	if r.Trailer != nil && len(h.claimHeaders) > 0 {
 		// trailers arrive after the body and would reach the upstream
@@ -578,6 +579,26 @@ func (h *Handler) removeClaimHeaders(header http.Header) {
 				delete(header, name)
 				break
 			}
+		}
+	}
+}
+
+// removeToken deletes the token from every source it may have come from.
+func (h *Handler) removeToken(r *http.Request) {
+	r.Header.Del("Authorization")
+	if h.TokenCookie != "" && len(r.Header["Cookie"]) > 0 {
+		cookies := r.Cookies()
+		r.Header.Del("Cookie")
+		for _, c := range cookies {
+			if c.Name != h.TokenCookie {
+				r.AddCookie(c)
+			}
+		}
+	}
+	if h.TokenQuery != "" && r.URL.RawQuery != "" {
+		if query := r.URL.Query(); query.Has(h.TokenQuery) {
+			query.Del(h.TokenQuery)
+			r.URL.RawQuery = query.Encode()
 		}
 	}
 }

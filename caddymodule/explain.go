@@ -35,7 +35,7 @@ func init() {
 	fs.String("method", http.MethodGet, "Request method")
 	fs.String("origin", "", "Origin header, as a browser would send it")
 	fs.String("preflight", "", "Explain the CORS preflight for this method instead (needs --origin)")
-	fs.String("host", "", "Host header (routes matched by host are skipped when empty)")
+	fs.String("host", "", "Host header; when empty, host matchers are not checked and count as matching")
 	fs.String("route", "", "Name of the edge_guard route to use, instead of matching the path")
 	fs.Duration("timeout", 15*time.Second, "How long to wait for the key set")
 

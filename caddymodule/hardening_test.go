@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -210,6 +211,55 @@ func TestRequestTrailersCarryNoIdentity(t *testing.T) {
 				if sameHeaderName(name, "X-User-Id") && len(values) > 0 {
 					t.Errorf("status %d: upstream read trailer %s: %q", resp.StatusCode, name, values)
 				}
+			}
+		})
+	}
+}
+
+// TestStripAuthorizationRemovesEverySource checks that strip_authorization
+// keeps the token from the upstream wherever it was sent: a token cookie
+// or query parameter would otherwise reach it beside the claim headers.
+func TestStripAuthorizationRemovesEverySource(t *testing.T) {
+	f := newFixture(t, func(h *Handler) {
+		h.StripAuthorization = true
+		h.TokenCookie = "session"
+		h.TokenQuery = "access_token"
+	})
+	token := f.token(t, nil)
+	tests := []struct {
+		name    string
+		target  string
+		headers []string
+	}{
+		{"header", "/api/items?page=2", []string{"Authorization", "Bearer " + token}},
+		{"cookie", "/api/items?page=2", []string{"Cookie", "theme=dark; session=" + token}},
+		{"query", "/api/items?page=2&access_token=" + token, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := f.serve(t, request("GET", tc.target, tc.headers...))
+			if w.Code != http.StatusOK {
+				t.Fatalf("status %d (%s)", w.Code, w.Body)
+			}
+			got := f.upstream.last()
+			for name, values := range got.Header {
+				for _, v := range values {
+					if strings.Contains(v, token) {
+						t.Errorf("upstream saw the token in %s", name)
+					}
+				}
+			}
+			if strings.Contains(got.URL.RawQuery, token) {
+				t.Error("upstream saw the token in the query")
+			}
+			if got.URL.Query().Get("page") != "2" {
+				t.Errorf("query %q lost its other parameters", got.URL.RawQuery)
+			}
+			if tc.name == "cookie" && got.Header.Get("Cookie") != "theme=dark" {
+				t.Errorf("Cookie %q, want the other cookies kept", got.Header.Get("Cookie"))
+			}
+			if got.Header.Get("X-User-Id") != "alice" {
+				t.Errorf("X-User-Id %q", got.Header.Get("X-User-Id"))
 			}
 		})
 	}
