@@ -491,11 +491,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// forward
-	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl != nil {
 		repl.Map(unsetIdentityPlaceholder)
 	}
 	if id != nil {
-		h.attachIdentity(r, id)
+		h.attachIdentity(r, repl, id)
 	}
 	if h.StripAuthorization {
 		h.removeToken(r)
@@ -550,7 +551,7 @@ func (h *Handler) answerPreflight(w http.ResponseWriter, r *http.Request, origin
 
 // attachIdentity sets the claim headers and placeholders of a verified
 // token.
-func (h *Handler) attachIdentity(r *http.Request, id *identity) {
+func (h *Handler) attachIdentity(r *http.Request, repl *caddy.Replacer, id *identity) {
 	for i, ch := range h.claimHeaders {
 		if v := id.headerValues[i]; v != "" {
 			r.Header[ch.header] = []string{v}
@@ -559,7 +560,7 @@ func (h *Handler) attachIdentity(r *http.Request, id *identity) {
 	if len(h.claimHeaders) > 0 {
 		h.protectFromConnection(r.Header)
 	}
-	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+	if repl != nil {
 		for _, p := range id.placeholders {
 			repl.Set(p.key, p.value)
 		}
