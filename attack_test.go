@@ -1,17 +1,13 @@
 package edgeguard_test
 
 import (
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
-	"net/http/httptest"
 	"net/http/httptrace"
 	"net/url"
 	"slices"
@@ -226,18 +222,8 @@ func TestAttacksNeverReachTheUpstream(t *testing.T) {
 
 	// a loopback server standing where jku and x5u point; it must never
 	// be asked for anything
-	var trapped atomic.Int64
-	trap := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		trapped.Add(1)
-		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []any{attacker.PublicJWK()}})
-	}))
-	t.Cleanup(trap.Close)
-	template := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "issuer"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, template, template, attacker.Public(), attacker.Private)
-	if err != nil {
-		t.Fatal(err)
-	}
+	trap := testkit.StartKeyTrap(t, attacker)
+	der := testkit.MustSelfSignedDER(t, attacker, "issuer")
 	withHeader := func(extra map[string]any) string {
 		h := map[string]any{"alg": "RS256", "kid": "attacker"}
 		for k, v := range extra {
@@ -325,7 +311,7 @@ func TestAttacksNeverReachTheUpstream(t *testing.T) {
 			}
 		})
 	}
-	if n := trapped.Load(); n != 0 {
+	if n := trap.Hits(); n != 0 {
 		t.Errorf("the gateway fetched a URL named in a token %d times", n)
 	}
 }

@@ -72,16 +72,23 @@ type exchange struct {
 
 func (s *stack) do(t *testing.T, method, path string, headers ...string) exchange {
 	t.Helper()
-	req, err := http.NewRequest(method, s.gateway.URL+path, nil)
+	return roundTrip(t, s.client, method, s.gateway.URL+path, headers...)
+}
+
+// roundTrip sends one request with headers given as name, value pairs
+// and reads the whole answer.
+func roundTrip(t *testing.T, client *http.Client, method, url string, headers ...string) exchange {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Add(headers[i], headers[i+1])
 	}
-	resp, err := s.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", method, url, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)

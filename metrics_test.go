@@ -102,20 +102,7 @@ func (s *opsStack) token(t *testing.T, issuer, subject string, edit func(map[str
 
 func (s *opsStack) send(t *testing.T, method, path string, headers ...string) int {
 	t.Helper()
-	req, err := http.NewRequest(method, s.gateway.URL+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Add(headers[i], headers[i+1])
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
+	return roundTrip(t, s.client, method, s.gateway.URL+path, headers...).status
 }
 
 // requestMix sends one request of each kind and checks the answers, so

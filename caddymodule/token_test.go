@@ -2,18 +2,14 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -275,19 +271,8 @@ func TestKeysFromTheTokenAreNeverUsed(t *testing.T) {
 
 	// a loopback server that would hand out the attacker's key set and
 	// certificate; it must never be asked
-	var asked atomic.Int64
-	trap := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		asked.Add(1)
-		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []any{attacker.PublicJWK()}})
-	}))
-	t.Cleanup(trap.Close)
-
-	template := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "issuer.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, template, template, attacker.Public(), attacker.Private)
-	if err != nil {
-		t.Fatal(err)
-	}
+	trap := testkit.StartKeyTrap(t, attacker)
+	der := testkit.MustSelfSignedDER(t, attacker, "issuer.test")
 	x5c := []string{base64.StdEncoding.EncodeToString(der)}
 	embedded := attacker.PublicJWK()
 
@@ -311,7 +296,7 @@ func TestKeysFromTheTokenAreNeverUsed(t *testing.T) {
 	cases = append(cases, tokenCase{"all four", all, unauthorized, invalid})
 	runTokenCases(t, f, cases)
 
-	if n := asked.Load(); n != 0 {
+	if n := trap.Hits(); n != 0 {
 		t.Errorf("the URL in the token was fetched %d times", n)
 	}
 }
